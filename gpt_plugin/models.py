@@ -1,0 +1,214 @@
+"""`DecoderOnlyLM`: T5X's `BaseModel` interface for a decoder-only LM, without importing t5x.
+
+Our runners (train, eval, infer) talk to models only through this interface, so a gin file can swap in
+`t5x.models.DecoderOnlyModel` with the same `GPTDecoder` module.
+"""
+import functools
+from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple
+
+import flax
+import flax.core
+import jax
+import jax.numpy as jnp
+import seqio
+
+from gpt_plugin import losses
+from gpt_plugin.metrics_lib import Sum, weighted_average
+
+Array = jax.Array
+PyTree = Any
+
+
+def _default_decode_fn():
+  from gpt_plugin import decoding  # pylint: disable=import-outside-toplevel
+  return decoding.temperature_sample
+
+
+class DecoderOnlyLM:
+  """Causal language model around a `GPTDecoder`-style module.
+
+  Args:
+    module: Flax module with the T5X decoder-only call signature (e.g. `network.GPTDecoder`).
+    vocabulary: seqio vocabulary of the task (used for EOS in decoding and by infer/eval for text).
+    optimizer_def: kept for T5X compatibility (our runners configure the optimizer in gin separately).
+    decode_fn: `temperature_sample`/`beam_search`-compatible function; default `decoding.temperature_sample`.
+    label_smoothing, z_loss: loss options.
+    loss_normalizing_factor: None -> mean over weighted target tokens of the batch; a number -> sum / number.
+  """
+
+  FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter
+
+  def __init__(self, module, vocabulary: Optional[seqio.Vocabulary] = None, optimizer_def: Any = None,
+               decode_fn: Optional[Callable] = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
+               loss_normalizing_factor: Optional[float] = None,
+               feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None):
+    self.module = module
+    self.vocabulary = vocabulary
+    self.optimizer_def = optimizer_def
+    self._decode_fn = decode_fn
+    self.label_smoothing = label_smoothing
+    self.z_loss = z_loss
+    self.loss_normalizing_factor = loss_normalizing_factor
+    if feature_converter_cls is not None:
+      self.FEATURE_CONVERTER_CLS = feature_converter_cls  # pylint: disable=invalid-name
+
+  # T5X names both vocabularies.
+  @property
+  def input_vocabulary(self):
+    return self.vocabulary
+
+  @property
+  def output_vocabulary(self):
+    return self.vocabulary
+
+  @property
+  def config(self):
+    return getattr(self.module, "config", None)
+
+  @property
+  def decode_fn(self) -> Callable:
+    return self._decode_fn or _default_decode_fn()
+
+  # ---------------------------------------------------------------------------------------------- init
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None) -> flax.core.FrozenDict:
+    """Initial `params` and `params_axes` (a FrozenDict, as T5X's train state requires)."""
+    input_types = input_types or {}
+    shape = input_shapes["decoder_input_tokens"]
+    dtype = input_types.get("decoder_input_tokens", jnp.int32)
+    tokens = jnp.ones(shape, dtype)
+    variables = self.module.init({"params": rng, "dropout": rng}, tokens, tokens, enable_dropout=False)
+    return flax.core.freeze(flax.core.unfreeze(variables))
+
+  # ---------------------------------------------------------------------------------------- forward
+  def _compute_logits(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array] = None,
+                      mutable: Any = False, other_variables: Optional[Mapping[str, Any]] = None):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {"params": params, **(other_variables or {})},
+        batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+        decoder_segment_ids=batch.get("decoder_segment_ids"), decoder_positions=batch.get("decoder_positions"),
+        decoder_causal_attention=batch.get("decoder_causal_attention"), rngs=rngs, decode=False,
+        enable_dropout=rngs is not None, mutable=mutable)
+
+  def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
+    """Mean weighted token cross-entropy (+ z-loss) in float32, and clu metrics.
+
+    Metrics: `loss`, `cross_ent_loss`, `z_loss`, `accuracy` (token-weighted Averages), `num_tokens` (Sum of
+    loss weights), `num_examples` (Sum). Runners doing gradient accumulation rescale by `num_tokens`.
+    """
+    logits = self._compute_logits(params, batch, dropout_rng)
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = jnp.ones(batch["decoder_target_tokens"].shape, jnp.float32)
+    targets = batch["decoder_target_tokens"]
+    per_token, nll, z_term, weights = losses.weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+    num_tokens = jnp.sum(weights)
+    denominator = self.loss_normalizing_factor or jnp.maximum(num_tokens, 1.0)
+    loss = jnp.sum(per_token * weights) / denominator
+    metrics = {
+        "loss": weighted_average(per_token, weights),
+        "cross_ent_loss": weighted_average(nll, weights),
+        "z_loss": weighted_average(z_term, weights),
+        "accuracy": weighted_average(losses.token_accuracy(logits, targets), weights),
+        "num_tokens": Sum(total=num_tokens),
+        "num_examples": Sum(total=jnp.asarray(targets.shape[0], jnp.float32)),
+    }
+    return loss, metrics
+
+  def eval_fn(self, params: PyTree, batch: Mapping[str, Array]):
+    return self.loss_fn(params, batch, dropout_rng=None)
+
+  def score_batch(self, params: PyTree, batch: Mapping[str, Array], return_intermediates: bool = False):
+    """Sum of target-token log-likelihoods per example, weighted by `decoder_loss_weights`. [batch]"""
+    if return_intermediates:
+      logits, state = self._compute_logits(params, batch, mutable=["intermediates"])
+    else:
+      logits = self._compute_logits(params, batch)
+    weights = batch.get("decoder_loss_weights")
+    _, nll, _, weights = losses.weighted_cross_entropy(logits, batch["decoder_target_tokens"], weights)
+    token_scores = -nll * weights
+    scores = jnp.sum(token_scores, axis=-1)
+    if return_intermediates:
+      intermediates = flax.core.unfreeze(state).get("intermediates", {})
+      intermediates["decoder"] = {"target_tokens": (batch["decoder_target_tokens"],),
+                                  "loss_weights": (weights,), "token_scores": (token_scores,)}
+      return scores, intermediates
+    return scores
+
+  # ------------------------------------------------------------------------------------ generation
+  def init_cache(self, params: PyTree, batch_size: int, max_length: int) -> PyTree:
+    """An empty decode cache for `batch_size` rows of up to `max_length` positions."""
+    tokens = jnp.ones((batch_size, max_length), jnp.int32)
+    _, variables = self.module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True,
+                                     mutable=["cache"])
+    return variables["cache"]
+
+  def prefill_cache(self, params: PyTree, cache: PyTree, inputs: Array, lengths: Array):
+    """Run the prompt `inputs` [B, L] through the model once, filling the cache up to `lengths` [B].
+
+    Returns (logits [B, L, V], cache)."""
+    logits, variables = self.module.apply(
+        {"params": params, "cache": cache}, inputs, inputs, enable_dropout=False, prefill=True,
+        prefill_lengths=lengths, mutable=["cache"])
+    return logits, variables["cache"]
+
+  def make_tokens_to_logits(self, params: PyTree, max_decode_length: int) -> Callable:
+    """`tokens_to_logits(decoding_state) -> (logits [B, V], new_cache)` for one decode step."""
+
+    def tokens_to_logits(state):
+      flat_ids = state.cur_token
+      logits, variables = self.module.apply(
+          {"params": params, "cache": state.cache}, flat_ids, flat_ids, enable_dropout=False, decode=True,
+          max_decode_length=max_decode_length, mutable=["cache"])
+      return logits[:, 0, :], variables["cache"]
+
+    return tokens_to_logits
+
+  def predict_batch(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None, **kwargs):
+    return self.predict_batch_with_aux(params, batch, rng=rng, **kwargs)[0]
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None, *,
+                             return_all_decodes: bool = False, num_decodes: int = 1,
+                             decoder_params: Optional[MutableMapping[str, Any]] = None):
+    """Continue each prompt (the `decoder_causal_attention` region of `decoder_input_tokens`).
+
+    Follows T5X's DecoderOnlyModel: the prompt is prefilled into the cache, `decode_fn` runs the jitted
+    decoding loop from `initial_index` = prompt length, and the prompt is removed from the result.
+    Returns (decodes [B, L] or [B, num_decodes, L], {'scores': [B] or [B, num_decodes]}).
+    """
+    if "decoder_causal_attention" not in batch:
+      raise ValueError("predict_batch_with_aux needs `decoder_causal_attention` in the batch (the prompt region), "
+                       "as produced by seqio.DecoderFeatureConverter for a task with `inputs` and `targets`")
+    tokens = batch["decoder_input_tokens"]
+    causal = batch["decoder_causal_attention"]
+    inputs = tokens * causal
+    batch_size, length = tokens.shape
+    prompt_lengths = jnp.sum(causal, axis=1).astype(jnp.int32) - 1
+    prompt_lengths = jnp.maximum(prompt_lengths, 0)
+    cache = self.init_cache(params, batch_size, length)
+    _, cache = self.prefill_cache(params, cache, inputs, prompt_lengths)
+    decoder_params = dict(decoder_params or {})
+    if rng is not None:
+      decoder_params["decode_rng"] = rng
+    scan = bool(getattr(self.module, "scan_layers", False))
+    decodes, scores = self.decode_fn(
+        inputs=inputs, cache=cache, tokens_to_logits=self.make_tokens_to_logits(params, length),
+        eos_id=self.vocabulary.eos_id if self.vocabulary is not None else 1, num_decodes=num_decodes,
+        initial_index=prompt_lengths, cache_offset=1 if scan else 0, **decoder_params)
+    decodes = _remove_prefix(decodes, prompt_lengths)
+    if return_all_decodes:
+      return decodes, {"scores": scores}
+    return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+
+def _remove_prefix(sequences: Array, lengths: Array) -> Array:
+  """Shift each row left by its prompt length: [B, n, L] with lengths [B]."""
+  length = sequences.shape[-1]
+
+  def shift(row, n):
+    idx = jnp.arange(length) + n
+    return jnp.where(idx < length, jnp.take(row, jnp.clip(idx, 0, length - 1), axis=-1), 0)
+
+  return jax.vmap(lambda rows, n: jax.vmap(functools.partial(shift, n=n))(rows))(sequences, lengths)
