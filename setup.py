@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu>=2.21.0",
     "tensorflow-text>=2.21.1",
     "webdataset>=1.0.2",
+    "braceexpand",
     "tokenizers>=0.20",
     "sentencepiece==0.2.0",
     "numpy",
@@ -35,6 +36,7 @@ setuptools.setup(
     description="GPT decoder (ALiBi, SGU, head-QK, parallel blocks) for JAX/Flax, T5X-compatible, configured with gin.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["gpt_plugin", "gpt_plugin.*", "tasks", "tasks.*"]),
+    package_data={"gpt_plugin.data": ["sample_corpus/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

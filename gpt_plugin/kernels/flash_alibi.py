@@ -1,0 +1,853 @@
+"""Fused ALiBi flash attention (Pallas), with no materialised T x T bias.
+
+Public entry points
+-------------------
+``flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
+sm_scale=None, block_q=128, block_k=128, interpret=None, ...)``
+    q, k, v: ``[batch, seq, heads, head_dim]`` (bf16/f16/f32), ``slopes``: ``[heads]``.
+    Score of query position i and key position j in head h::
+
+        s = (q_i . k_j) * sm_scale + slopes[h] * (j - i)
+
+    computed in fp32 inside the kernel tile, then causal (``j <= i``) and
+    segment (``segment_ids[i] == segment_ids[j]``) masking and an fp32 online
+    softmax.  Returns ``[batch, seq, heads, head_dim]`` in q's dtype.
+    Differentiable through ``jax.custom_vjp``: the forward saves the row
+    log-sum-exp, the backward runs two Pallas kernels (dq; dk+dv) that
+    recompute the scores (no bias read, no bias gradient).  ``slopes`` and
+    ``segment_ids`` are constants for differentiation (zero / no cotangent).
+
+``flash_alibi_reference(q, k, v, *, slopes, ...)``
+    Pure-jnp blockwise implementation (scan over key chunks, custom VJP with a
+    blockwise backward), memory O(batch*heads*seq*block_k); runs anywhere and
+    is the fallback on CPU (``interpret=False``) and for long sequences on TPU.
+
+``alibi_slopes(num_heads)``
+    The standard ALiBi slope rule (Press et al. 2021), for benchmarks/tests.
+
+Backends (``implementation=None`` picks one):
+  * GPU: Pallas Triton kernels (``pl.pallas_call`` + ``plgpu.CompilerParams``).
+  * CPU: the same kernels with ``interpret=True`` (the default there);
+    ``interpret=False`` on CPU warns and uses ``flash_alibi_reference``.
+  * TPU: ``jax.experimental.pallas.ops.tpu.flash_attention`` with the ALiBi
+    bias passed as its (materialised, ``[B, H, T, T]``) ``ab`` argument while
+    that fits in ``_TPU_MAX_BIAS_BYTES``, else the blockwise reference.  The
+    TPU kernel has no in-kernel position bias, so this path is a convenience
+    rather than a bias-free kernel.
+
+Causal block skipping: the forward and dq kernels loop only over key blocks
+``<= `` the diagonal block of their query block, the dk/dv kernel only over
+query blocks ``>=`` the diagonal; fully masked blocks are never loaded.  Blocks
+entirely below the diagonal skip the causal mask arithmetic as well.
+
+Sequence lengths that are not a multiple of the block sizes are padded
+internally; padded keys are masked (non-causal) or unreachable (causal), padded
+query rows are dropped.  head_dim is zero-padded to the next power of two
+(>= 16) because Triton tiles need power-of-two shapes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+try:  # The Triton backend module; absent on some jaxlib builds.
+  from jax.experimental.pallas import triton as plgpu
+except ImportError:  # pragma: no cover
+  plgpu = None
+
+__all__ = [
+    "alibi_slopes",
+    "flash_alibi_attention",
+    "flash_alibi_reference",
+    "flash_alibi_block_counts",
+]
+
+_LOG2E = math.log2(math.e)
+# Finite "minus infinity": masked scores become exactly 0 after exp2 without
+# ever producing inf - inf = NaN in the online-softmax rescaling.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_TPU_MAX_BIAS_BYTES = 1 << 30
+_GPU_MAX_HEAD_DIM = 256
+_SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """ALiBi head slopes (float32, shape [num_heads])."""
+
+  def pow2_slopes(n):
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+
+  if num_heads <= 0:
+    raise ValueError(f"num_heads must be positive, got {num_heads}")
+  if num_heads & (num_heads - 1) == 0:
+    s = pow2_slopes(num_heads)
+  else:
+    c = 2 ** int(math.floor(math.log2(num_heads)))
+    s = pow2_slopes(c) + pow2_slopes(2 * c)[0::2][: num_heads - c]
+  return np.asarray(s, dtype=np.float32)
+
+
+def _next_pow2(x: int) -> int:
+  return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _is_pow2(x: int) -> bool:
+  return x > 0 and (x & (x - 1)) == 0
+
+
+_WARNED: set = set()
+
+
+def _warn_once(key: str, msg: str):
+  if key not in _WARNED:
+    _WARNED.add(key)
+    warnings.warn(msg, stacklevel=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Static configuration of one Pallas flash-attention call (hashable)."""
+  seq_len: int          # real (unpadded) sequence length
+  block_q: int          # forward kernel tiles
+  block_k: int
+  bwd_block_q: int      # backward kernels tiles
+  bwd_block_k: int
+  head_dim: int         # real head_dim (sm_scale is already resolved)
+  sm_scale: float
+  causal: bool
+  has_segments: bool
+  interpret: bool
+  num_warps: Optional[int]
+  num_stages: int
+  debug_counts: bool = False
+
+
+def _compiler_params(cfg: _Config, num_warps: int):
+  if cfg.interpret or plgpu is None:
+    return None
+  cls = getattr(plgpu, "CompilerParams", None) or getattr(
+      plgpu, "TritonCompilerParams")
+  return cls(num_warps=num_warps, num_stages=cfg.num_stages)
+
+
+def _tile_mask(qp, kp, qseg, kseg, *, causal: bool, kv_len: Optional[int]):
+  """Boolean keep-mask for a score tile; qp/kp (and segs) broadcast to it."""
+  mask = None
+
+  def _and(a, b):
+    return b if a is None else jnp.logical_and(a, b)
+
+  if causal:
+    mask = _and(mask, kp <= qp)
+  if qseg is not None:
+    mask = _and(mask, qseg == kseg)
+  if kv_len is not None:
+    mask = _and(mask, kp < kv_len)
+  return mask
+
+
+def _dot_nt(a, b):
+  """a @ b.T with fp32 accumulation (contracting the last dims)."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
+def _dot_nn(a, b):
+  return lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Pallas kernels.  Grid axis 0 walks sequence blocks, 1 batch, 2 heads.
+# Scores are kept in base 2: s2 = s * log2(e), so exp -> exp2; slopes arrive
+# pre-multiplied by log2(e) and the saved lse is log2-sum-exp2.
+# ----------------------------------------------------------------------------
+def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
+                num_k_blocks: int, kv_len: Optional[int]):
+  if cfg.has_segments:
+    qseg_ref, kseg_ref, *outs = rest
+  else:
+    qseg_ref = kseg_ref = None
+    outs = list(rest)
+  o_ref, lse_ref = outs[0], outs[1]
+  cnt_ref = outs[2] if cfg.debug_counts else None
+
+  bq, bk = cfg.block_q, cfg.block_k
+  i = pl.program_id(0)
+  q = q_ref[...]
+  qp = (i * bq + jnp.arange(bq, dtype=jnp.int32))[:, None]
+  slope = slope_ref[...][:, None]                     # [bq, 1], fp32
+  qseg = None if qseg_ref is None else qseg_ref[...][:, None]
+  scale2 = cfg.sm_scale * _LOG2E
+  dp = q_ref.shape[-1]
+
+  def body(j, carry, apply_causal):
+    acc, m, l, cnt = carry
+    start = pl.multiple_of(j * bk, bk)
+    ks = pl.ds(start, bk)
+    k = k_ref[ks, :]
+    kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
+    s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
+    kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
+    mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
+    if mask is not None:
+      s = jnp.where(mask, s, _MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s - m_new[:, None])
+    l = l * alpha + jnp.sum(p, axis=1)
+    v = v_ref[ks, :]
+    acc = acc * alpha[:, None] + _dot_nn(p.astype(v.dtype), v)
+    return acc, m_new, l, cnt + 1
+
+  carry = (jnp.zeros((bq, dp), jnp.float32),
+           jnp.full((bq,), _MASK_VALUE, jnp.float32),
+           jnp.zeros((bq,), jnp.float32),
+           jnp.int32(0))
+  if cfg.causal:
+    # Key blocks entirely at/below the first query of the block need no causal
+    # mask; blocks up to the one holding the last query need it; later blocks
+    # are fully masked and skipped.
+    n_full = lax.div(i * bq + 1, bk)
+    n_end = lax.div((i + 1) * bq - 1, bk) + 1
+    carry = lax.fori_loop(0, n_full,
+                          functools.partial(body, apply_causal=False), carry)
+    carry = lax.fori_loop(n_full, n_end,
+                          functools.partial(body, apply_causal=True), carry)
+  else:
+    carry = lax.fori_loop(0, num_k_blocks,
+                          functools.partial(body, apply_causal=False), carry)
+  acc, m, l, cnt = carry
+  o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log2(l)
+  if cnt_ref is not None:
+    cnt_ref[...] = jnp.full((bq,), cnt, jnp.int32)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
+               *rest, cfg: _Config, num_k_blocks: int, kv_len: Optional[int]):
+  if cfg.has_segments:
+    qseg_ref, kseg_ref, *outs = rest
+  else:
+    qseg_ref = kseg_ref = None
+    outs = list(rest)
+  dq_ref = outs[0]
+  cnt_ref = outs[1] if cfg.debug_counts else None
+
+  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
+  i = pl.program_id(0)
+  q = q_ref[...]
+  do = do_ref[...]
+  lse = lse_ref[...][:, None]
+  delta = delta_ref[...][:, None]
+  qp = (i * bq + jnp.arange(bq, dtype=jnp.int32))[:, None]
+  slope = slope_ref[...][:, None]
+  qseg = None if qseg_ref is None else qseg_ref[...][:, None]
+  scale2 = cfg.sm_scale * _LOG2E
+
+  def body(j, carry, apply_causal):
+    dq, cnt = carry
+    start = pl.multiple_of(j * bk, bk)
+    ks = pl.ds(start, bk)
+    k = k_ref[ks, :]
+    v = v_ref[ks, :]
+    kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
+    s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
+    kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
+    mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
+    if mask is not None:
+      s = jnp.where(mask, s, _MASK_VALUE)
+    p = jnp.exp2(s - lse)
+    dp = _dot_nt(do, v)
+    ds = p * (dp - delta)
+    dq = dq + _dot_nn(ds.astype(k.dtype), k)
+    return dq, cnt + 1
+
+  carry = (jnp.zeros(q_ref.shape, jnp.float32), jnp.int32(0))
+  if cfg.causal:
+    n_full = lax.div(i * bq + 1, bk)
+    n_end = lax.div((i + 1) * bq - 1, bk) + 1
+    carry = lax.fori_loop(0, n_full,
+                          functools.partial(body, apply_causal=False), carry)
+    carry = lax.fori_loop(n_full, n_end,
+                          functools.partial(body, apply_causal=True), carry)
+  else:
+    carry = lax.fori_loop(0, num_k_blocks,
+                          functools.partial(body, apply_causal=False), carry)
+  dq, cnt = carry
+  dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
+  if cnt_ref is not None:
+    cnt_ref[...] = jnp.full((bq,), cnt, jnp.int32)
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
+                 *rest, cfg: _Config, num_q_blocks: int,
+                 kv_len: Optional[int]):
+  if cfg.has_segments:
+    qseg_ref, kseg_ref, *outs = rest
+  else:
+    qseg_ref = kseg_ref = None
+    outs = list(rest)
+  dk_ref, dv_ref = outs[0], outs[1]
+  cnt_ref = outs[2] if cfg.debug_counts else None
+
+  # Tiles are transposed: rows are keys, columns are queries.
+  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
+  j = pl.program_id(0)
+  k = k_ref[...]
+  v = v_ref[...]
+  kp = (j * bk + jnp.arange(bk, dtype=jnp.int32))[:, None]
+  slope = slope_ref[...][:, None]
+  kseg = None if kseg_ref is None else kseg_ref[...][:, None]
+  scale2 = cfg.sm_scale * _LOG2E
+
+  def body(i, carry, apply_causal):
+    dk, dv, cnt = carry
+    start = pl.multiple_of(i * bq, bq)
+    qs = pl.ds(start, bq)
+    q = q_ref[qs, :]
+    do = do_ref[qs, :]
+    lse = lse_ref[qs][None, :]
+    delta = delta_ref[qs][None, :]
+    qp = (start + jnp.arange(bq, dtype=jnp.int32))[None, :]
+    st = _dot_nt(k, q) * scale2 + slope * (kp - qp).astype(jnp.float32)
+    qseg = None if qseg_ref is None else qseg_ref[qs][None, :]
+    mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
+    if mask is not None:
+      st = jnp.where(mask, st, _MASK_VALUE)
+    pt = jnp.exp2(st - lse)                                # [bk, bq]
+    dv = dv + _dot_nn(pt.astype(do.dtype), do)
+    dpt = _dot_nt(v, do)
+    dst = pt * (dpt - delta)
+    dk = dk + _dot_nn(dst.astype(q.dtype), q)
+    return dk, dv, cnt + 1
+
+  carry = (jnp.zeros(k_ref.shape, jnp.float32),
+           jnp.zeros(v_ref.shape, jnp.float32), jnp.int32(0))
+  if cfg.causal:
+    # Query blocks before the one holding this key block's first key are
+    # fully masked (skipped); blocks from i_full on see every key of the block.
+    i_lo = lax.div(j * bk, bq)
+    i_full = jnp.minimum(lax.div((j + 1) * bk + bq - 2, bq), num_q_blocks)
+    carry = lax.fori_loop(i_lo, i_full,
+                          functools.partial(body, apply_causal=True), carry)
+    carry = lax.fori_loop(i_full, num_q_blocks,
+                          functools.partial(body, apply_causal=False), carry)
+  else:
+    carry = lax.fori_loop(0, num_q_blocks,
+                          functools.partial(body, apply_causal=False), carry)
+  dk, dv, cnt = carry
+  dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+  if cnt_ref is not None:
+    cnt_ref[...] = jnp.full((bk,), cnt, jnp.int32)
+
+
+# ----------------------------------------------------------------------------
+# pallas_call wrappers (inputs already padded: [B, Tp, H, Dp])
+# ----------------------------------------------------------------------------
+def _kv_len(cfg: _Config, padded_len: int) -> Optional[int]:
+  # Causal: real queries never reach padded keys (they come after every real
+  # position), so only non-causal attention needs the key-length mask.
+  if cfg.causal or padded_len == cfg.seq_len:
+    return None
+  return cfg.seq_len
+
+
+def _seq_block_spec(block: int, dp: int):
+  return pl.BlockSpec((None, block, None, dp), lambda i, b, h: (b, i, h, 0))
+
+
+def _full_seq_spec(tp: int, dp: int):
+  return pl.BlockSpec((None, tp, None, dp), lambda i, b, h: (b, 0, h, 0))
+
+
+def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
+  bsz, tp, nh, dp = q.shape
+  bq, bk = cfg.block_q, cfg.block_k
+  nq, nk = tp // bq, tp // bk
+  slope_rows = jnp.broadcast_to(slopes2[:, None], (nh, bq))
+  in_specs = [
+      _seq_block_spec(bq, dp), _full_seq_spec(tp, dp), _full_seq_spec(tp, dp),
+      pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
+  ]
+  args = [q, k, v, slope_rows]
+  if cfg.has_segments:
+    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
+                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0))]
+    args += [seg, seg]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+               jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
+  out_specs = [_seq_block_spec(bq, dp),
+               pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))]
+  if cfg.debug_counts:
+    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
+    out_specs.append(pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i)))
+  num_warps = cfg.num_warps or (4 if dp <= 64 else 8)
+  kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=nk,
+                             kv_len=_kv_len(cfg, tp))
+  return pl.pallas_call(
+      kernel,
+      grid=(nq, bsz, nh),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=_compiler_params(cfg, num_warps),
+      interpret=cfg.interpret,
+      name="flash_alibi_fwd",
+  )(*args)
+
+
+def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
+  bsz, tp, nh, dp = q.shape
+  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
+  nq, nk = tp // bq, tp // bk
+  kv_len = _kv_len(cfg, tp)
+  # delta_i = sum_d o_id * do_id (fp32), laid out like lse: [B, H, Tp].
+  delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32),
+                     do.astype(jnp.float32))
+  num_warps = cfg.num_warps or (4 if bq * bk <= 64 * 64 or dp <= 64 else 8)
+  cp = _compiler_params(cfg, num_warps)
+
+  # dq: grid over query blocks.
+  row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
+  in_specs = [
+      _seq_block_spec(bq, dp), _full_seq_spec(tp, dp), _full_seq_spec(tp, dp),
+      _seq_block_spec(bq, dp), row_spec, row_spec,
+      pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
+  ]
+  args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bq))]
+  if cfg.has_segments:
+    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
+                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0))]
+    args += [seg, seg]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+  out_specs = [_seq_block_spec(bq, dp)]
+  if cfg.debug_counts:
+    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
+    out_specs.append(row_spec)
+  dq_out = pl.pallas_call(
+      functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, kv_len=kv_len),
+      grid=(nq, bsz, nh),
+      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      compiler_params=cp, interpret=cfg.interpret, name="flash_alibi_bwd_dq",
+  )(*args)
+
+  # dk, dv: grid over key blocks.
+  full_row = pl.BlockSpec((None, None, tp), lambda j, b, h: (b, h, 0))
+  in_specs = [
+      _full_seq_spec(tp, dp), _seq_block_spec(bk, dp), _seq_block_spec(bk, dp),
+      _full_seq_spec(tp, dp), full_row, full_row,
+      pl.BlockSpec((None, bk), lambda j, b, h: (h, 0)),
+  ]
+  args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bk))]
+  if cfg.has_segments:
+    in_specs += [pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
+                 pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
+    args += [seg, seg]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype),
+               jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  out_specs = [_seq_block_spec(bk, dp), _seq_block_spec(bk, dp)]
+  if cfg.debug_counts:
+    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
+    out_specs.append(pl.BlockSpec((None, None, bk), lambda j, b, h: (b, h, j)))
+  dkdv_out = pl.pallas_call(
+      functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq, kv_len=kv_len),
+      grid=(nk, bsz, nh),
+      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      compiler_params=cp, interpret=cfg.interpret, name="flash_alibi_bwd_dkdv",
+  )(*args)
+  return dq_out, dkdv_out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash_core(cfg: _Config, q, k, v, slopes2, seg):
+  return _fwd_call(cfg, q, k, v, slopes2, seg)[0]
+
+
+def _flash_core_fwd(cfg, q, k, v, slopes2, seg):
+  o, lse = _fwd_call(cfg, q, k, v, slopes2, seg)[:2]
+  return o, (q, k, v, slopes2, seg, o, lse)
+
+
+def _flash_core_bwd(cfg, res, do):
+  q, k, v, slopes2, seg, o, lse = res
+  (dq,), (dk, dv) = _bwd_calls(cfg, q, k, v, slopes2, seg, o, lse, do)
+  # slopes are constants (no bias gradient); segment ids are integers.
+  return dq, dk, dv, jnp.zeros_like(slopes2), None
+
+
+_flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
+
+
+# ----------------------------------------------------------------------------
+# Front end
+# ----------------------------------------------------------------------------
+def _resolve_sm_scale(sm_scale, head_dim):
+  return float(1.0 / math.sqrt(head_dim)) if sm_scale is None else float(sm_scale)
+
+
+def _check_inputs(q, k, v, slopes, segment_ids):
+  if q.ndim != 4:
+    raise ValueError(f"q must be [batch, seq, heads, head_dim], got {q.shape}")
+  if k.shape != q.shape or v.shape != q.shape:
+    raise NotImplementedError(
+        "flash_alibi_attention supports self-attention with identical q/k/v "
+        f"shapes only (no GQA/MQA, no kv cache); got q{q.shape} k{k.shape} "
+        f"v{v.shape}.")
+  if tuple(jnp.shape(slopes)) != (q.shape[2],):
+    raise ValueError(
+        f"slopes must have shape [heads]=({q.shape[2]},), got {jnp.shape(slopes)}")
+  if segment_ids is not None and tuple(segment_ids.shape) != q.shape[:2]:
+    raise ValueError(f"segment_ids must be [batch, seq]={q.shape[:2]}, got "
+                     f"{segment_ids.shape}")
+
+
+def _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret):
+  """Validates and returns (bq, bk, bbq, bbk, padded_len, padded_head_dim)."""
+  _, t, _, d = q.shape
+  if not interpret:
+    if q.dtype not in _SUPPORTED_DTYPES:
+      raise NotImplementedError(
+          f"flash_alibi (Triton) supports bf16/f16/f32 inputs, got {q.dtype}.")
+    if d > _GPU_MAX_HEAD_DIM:
+      raise NotImplementedError(
+          f"flash_alibi (Triton): head_dim={d} > {_GPU_MAX_HEAD_DIM} does not "
+          "fit the kernel's register/shared-memory tiles; use "
+          "implementation='reference' or cudnn.")
+    for name, b in (("block_q", block_q), ("block_k", block_k),
+                    ("bwd_block_q", bwd_block_q), ("bwd_block_k", bwd_block_k)):
+      if not (_is_pow2(b) and b >= 16):
+        raise NotImplementedError(
+            f"flash_alibi (Triton): {name}={b} must be a power of two >= 16 "
+            "(Triton tile shapes are powers of two; tl.dot needs >= 16).")
+  dp = max(16, _next_pow2(d))
+  if dp != d and not interpret:
+    _warn_once(
+        f"pad_head_dim_{d}",
+        f"flash_alibi: head_dim={d} is not a power of two >= 16; q/k/v are "
+        f"zero-padded to {dp} for the Triton tiles (extra memory traffic).")
+  # Short sequences: shrink the tiles (keeps powers of two).
+  cap = max(16, _next_pow2(t))
+  bq, bk = min(block_q, cap), min(block_k, cap)
+  bbq, bbk = min(bwd_block_q, cap), min(bwd_block_k, cap)
+  mult = math.lcm(bq, bk, bbq, bbk)
+  return bq, bk, bbq, bbk, _round_up(t, mult), dp
+
+
+def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
+                  block_k, bwd_block_q, bwd_block_k, interpret, num_warps,
+                  num_stages, debug_counts=False):
+  bsz, t, nh, d = q.shape
+  bq, bk, bbq, bbk, tp, dp = _pallas_plan(q, block_q, block_k, bwd_block_q,
+                                          bwd_block_k, interpret)
+  cfg = _Config(seq_len=t, block_q=bq, block_k=bk, bwd_block_q=bbq,
+                bwd_block_k=bbk, head_dim=d,
+                sm_scale=_resolve_sm_scale(sm_scale, d), causal=bool(causal),
+                has_segments=segment_ids is not None, interpret=bool(interpret),
+                num_warps=num_warps, num_stages=num_stages,
+                debug_counts=debug_counts)
+  pad = ((0, 0), (0, tp - t), (0, 0), (0, dp - d))
+  if tp != t or dp != d:
+    q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+  seg = None
+  if segment_ids is not None:
+    # Padded positions get their own segment id (-1 is never compared with a
+    # real query because real queries are kept, padded ones are dropped).
+    seg = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, tp - t)),
+                  constant_values=-1)
+  slopes2 = lax.stop_gradient(jnp.asarray(slopes, jnp.float32)) * _LOG2E
+  return cfg, q, k, v, slopes2, seg
+
+
+def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
+                          sm_scale=None, block_q=128, block_k=128,
+                          interpret=None, implementation=None,
+                          bwd_block_q=None, bwd_block_k=None, num_warps=None,
+                          num_stages=2):
+  """Fused causal/packed ALiBi attention.  See the module docstring.
+
+  Args:
+    q, k, v: ``[batch, seq, heads, head_dim]``, same shape and dtype.
+    slopes: ``[heads]`` ALiBi slopes (treated as constants).
+    segment_ids: optional ``[batch, seq]`` int packing ids; no attention
+      across different ids.
+    causal: mask keys after the query position.
+    sm_scale: score scale, default ``1/sqrt(head_dim)``.
+    block_q, block_k: forward tile sizes (powers of two >= 16 on GPU).
+    interpret: run the Pallas kernels in interpret mode.  ``None`` -> True
+      unless the default backend is GPU (or TPU, which uses the TPU path).
+    implementation: ``None`` (auto), ``'triton'`` (Pallas kernels; compiled
+      unless ``interpret``), ``'tpu'``, or ``'reference'`` (blockwise jnp).
+    bwd_block_q, bwd_block_k: backward tiles (default ``min(block, 64)``).
+    num_warps, num_stages: Triton launch parameters (GPU only).
+
+  Returns:
+    ``[batch, seq, heads, head_dim]`` in q's dtype.
+  """
+  _check_inputs(q, k, v, slopes, segment_ids)
+  if k.dtype != q.dtype or v.dtype != q.dtype:
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+  impl = implementation
+  if impl is None:
+    platform = jax.default_backend()
+    if interpret:
+      impl = "triton"
+    elif platform == "gpu":
+      impl, interpret = "triton", False
+    elif platform == "tpu":
+      impl = "tpu"
+    elif interpret is None:
+      impl, interpret = "triton", True
+    else:
+      _warn_once(
+          f"no_triton_{platform}",
+          f"flash_alibi_attention: interpret=False on backend '{platform}' "
+          "cannot compile the Triton kernel; using the blockwise jnp "
+          "reference (flash_alibi_reference) instead.")
+      impl = "reference"
+  if impl == "reference":
+    return flash_alibi_reference(q, k, v, slopes=slopes,
+                                 segment_ids=segment_ids, causal=causal,
+                                 sm_scale=sm_scale, block_k=max(block_k, 128))
+  if impl == "tpu":
+    return _tpu_flash(q, k, v, slopes=slopes, segment_ids=segment_ids,
+                      causal=causal, sm_scale=sm_scale)
+  if impl != "triton":
+    raise ValueError(f"unknown implementation {implementation!r}")
+  interpret = bool(interpret)
+  bwd_block_q = bwd_block_q or min(block_q, 64)
+  bwd_block_k = bwd_block_k or min(block_k, 64)
+  cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
+      q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
+      block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
+      bwd_block_k=bwd_block_k, interpret=interpret, num_warps=num_warps,
+      num_stages=num_stages)
+  out = _flash_core(cfg, qp, kp, vp, slopes2, seg)
+  bsz, t, nh, d = q.shape
+  return out[:, :t, :, :d]
+
+
+def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
+                             sm_scale=None, block_q=128, block_k=128,
+                             bwd_block_q=None, bwd_block_k=None,
+                             interpret=True):
+  """Debug helper: how many tiles each kernel program actually processed.
+
+  Runs the forward, dq and dk/dv kernels with an iteration counter and
+  returns ``(out, fwd, dq, dkdv)`` where ``fwd``/``dq`` are ``[B, H,
+  num_q_blocks]`` and ``dkdv`` is ``[B, H, num_k_blocks]`` int32 counts of
+  inner-loop iterations (loaded key/query tiles).  With causal masking a
+  dense kernel would report ``num_blocks`` everywhere.
+  """
+  _check_inputs(q, k, v, slopes, segment_ids)
+  bwd_block_q = bwd_block_q or min(block_q, 64)
+  bwd_block_k = bwd_block_k or min(block_k, 64)
+  cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
+      q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
+      block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
+      bwd_block_k=bwd_block_k, interpret=interpret, num_warps=None,
+      num_stages=2, debug_counts=True)
+  o, lse, cnt_f = _fwd_call(cfg, qp, kp, vp, slopes2, seg)
+  do = jnp.ones_like(o)
+  (_, cnt_dq), (_, _, cnt_kv) = _bwd_calls(cfg, qp, kp, vp, slopes2, seg, o,
+                                           lse, do)
+  t, d = q.shape[1], q.shape[3]
+  return (o[:, :t, :, :d], cnt_f[:, :, ::cfg.block_q],
+          cnt_dq[:, :, ::cfg.bwd_block_q], cnt_kv[:, :, ::cfg.bwd_block_k])
+
+
+# ----------------------------------------------------------------------------
+# TPU path
+# ----------------------------------------------------------------------------
+def _tpu_flash(q, k, v, *, slopes, segment_ids, causal, sm_scale):
+  bsz, t, nh, d = q.shape
+  tp = _round_up(t, 128)
+  bias_bytes = bsz * nh * tp * tp * 4
+  if bias_bytes > _TPU_MAX_BIAS_BYTES:
+    _warn_once(
+        "tpu_bias_too_big",
+        "flash_alibi_attention on TPU: the Pallas TPU flash-attention op only "
+        "accepts a materialised [B, H, T, T] additive bias "
+        f"({bias_bytes / 2**30:.1f} GiB here); using the blockwise jnp "
+        "reference instead.")
+    return flash_alibi_reference(q, k, v, slopes=slopes,
+                                 segment_ids=segment_ids, causal=causal,
+                                 sm_scale=sm_scale)
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa
+  scale = _resolve_sm_scale(sm_scale, d)
+
+  def to_bhtd(x):
+    x = jnp.swapaxes(x, 1, 2)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, tp - t), (0, 0))) if tp != t else x
+
+  pos = jnp.arange(tp, dtype=jnp.float32)
+  sl = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
+  # The TPU kernel computes (q.k + ab) * sm_scale, so the bias is pre-divided.
+  ab = (sl / scale)[:, None, None] * (pos[None, None, :] - pos[None, :, None])
+  ab = lax.stop_gradient(jnp.broadcast_to(ab[None], (bsz, nh, tp, tp)))
+  seg = None
+  if segment_ids is not None or (tp != t and not causal):
+    base = (jnp.zeros((bsz, t), jnp.int32) if segment_ids is None
+            else segment_ids.astype(jnp.int32))
+    base = jnp.pad(base, ((0, 0), (0, tp - t)), constant_values=-1)
+    seg = tpu_fa.SegmentIds(q=base, kv=base)
+  out = tpu_fa.flash_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v), ab=ab,
+                               segment_ids=seg, causal=causal, sm_scale=scale)
+  return jnp.swapaxes(out[:, :, :t], 1, 2).astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Blockwise pure-jnp reference (runs anywhere; O(T * block_k) memory)
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _RefConfig:
+  seq_len: int
+  block_k: int
+  causal: bool
+  sm_scale: float
+
+
+def _ref_chunks(cfg: _RefConfig, k, v, seg):
+  """Pads keys to whole chunks: [n, B, H, blk, D] fp32 and [n, B, blk]."""
+  bsz, t, nh, d = k.shape
+  blk = cfg.block_k
+  tp = _round_up(t, blk)
+  n = tp // blk
+
+  def chunk(x):
+    x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+    return x.reshape(bsz, n, blk, nh, d).transpose(1, 0, 3, 2, 4)
+
+  segc = None
+  if seg is not None:
+    segc = jnp.pad(seg.astype(jnp.int32), ((0, 0), (0, tp - t)),
+                   constant_values=-1).reshape(bsz, n, blk).transpose(1, 0, 2)
+  return chunk(k), chunk(v), segc, n
+
+
+def _ref_scores(cfg, qf, kj, j, slopes, seg, segj):
+  """Scores [B, H, T, blk] (fp32) and keep-mask for key chunk j."""
+  blk, t = cfg.block_k, cfg.seq_len
+  qpos = jnp.arange(t, dtype=jnp.int32)[:, None]
+  kpos = j * blk + jnp.arange(blk, dtype=jnp.int32)[None, :]
+  s = jnp.einsum("bhqd,bhkd->bhqk", qf, kj, precision=lax.Precision.HIGHEST)
+  s = s + slopes[None, :, None, None] * (kpos - qpos).astype(jnp.float32)
+  mask = kpos < t
+  if cfg.causal:
+    mask = mask & (kpos <= qpos)
+  mask = mask[None, None]
+  if seg is not None:
+    mask = mask & (seg[:, None, :, None] == segj[:, None, None, :])
+  return s, mask
+
+
+def _ref_forward(cfg, q, k, v, slopes, seg):
+  bsz, t, nh, d = q.shape
+  qf = jnp.swapaxes(q.astype(jnp.float32), 1, 2) * cfg.sm_scale  # [B,H,T,D]
+  kc, vc, segc, n = _ref_chunks(cfg, k, v, seg)
+
+  def step(carry, xs):
+    m, l, acc = carry
+    j, kj, vj = xs[:3]
+    segj = xs[3] if seg is not None else None
+    s, mask = _ref_scores(cfg, qf, kj, j, slopes, seg, segj)
+    s = jnp.where(mask, s, _MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+    l = l * alpha + jnp.sum(p, axis=-1)
+    acc = acc * alpha[..., None] + jnp.einsum(
+        "bhqk,bhkd->bhqd", p, vj, precision=lax.Precision.HIGHEST)
+    return (m_new, l, acc), None
+
+  init = (jnp.full((bsz, nh, t), _MASK_VALUE, jnp.float32),
+          jnp.zeros((bsz, nh, t), jnp.float32),
+          jnp.zeros((bsz, nh, t, d), jnp.float32))
+  xs = (jnp.arange(n), kc, vc) + ((segc,) if seg is not None else ())
+  (m, l, acc), _ = lax.scan(step, init, xs)
+  l = jnp.maximum(l, 1e-30)  # rows with no visible key (impossible here)
+  o = acc / l[..., None]
+  lse = m + jnp.log(l)
+  return jnp.swapaxes(o, 1, 2).astype(q.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ref_core(cfg, q, k, v, slopes, seg):
+  return _ref_forward(cfg, q, k, v, slopes, seg)[0]
+
+
+def _ref_core_fwd(cfg, q, k, v, slopes, seg):
+  o, lse = _ref_forward(cfg, q, k, v, slopes, seg)
+  return o, (q, k, v, slopes, seg, o, lse)
+
+
+def _ref_core_bwd(cfg, res, do):
+  q, k, v, slopes, seg, o, lse = res
+  bsz, t, nh, d = q.shape
+  qf = jnp.swapaxes(q.astype(jnp.float32), 1, 2) * cfg.sm_scale
+  dof = jnp.swapaxes(do.astype(jnp.float32), 1, 2)
+  delta = jnp.sum(jnp.swapaxes(o.astype(jnp.float32), 1, 2) * dof, axis=-1)
+  kc, vc, segc, n = _ref_chunks(cfg, k, v, seg)
+  hi = lax.Precision.HIGHEST
+
+  def step(dq, xs):
+    j, kj, vj = xs[:3]
+    segj = xs[3] if seg is not None else None
+    s, mask = _ref_scores(cfg, qf, kj, j, slopes, seg, segj)
+    p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)
+    dv = jnp.einsum("bhqk,bhqd->bhkd", p, dof, precision=hi)
+    dp = jnp.einsum("bhqd,bhkd->bhqk", dof, vj, precision=hi)
+    ds = p * (dp - delta[..., None])
+    dk = jnp.einsum("bhqk,bhqd->bhkd", ds, qf, precision=hi)
+    dq = dq + jnp.einsum("bhqk,bhkd->bhqd", ds, kj, precision=hi)
+    return dq, (dk, dv)
+
+  xs = (jnp.arange(n), kc, vc) + ((segc,) if seg is not None else ())
+  dq, (dk, dv) = lax.scan(step, jnp.zeros((bsz, nh, t, d), jnp.float32), xs)
+
+  def unchunk(x):  # [n, B, H, blk, D] -> [B, T, H, D]
+    x = x.transpose(1, 0, 3, 2, 4).reshape(bsz, n * cfg.block_k, nh, d)
+    return x[:, :t]
+
+  dq = jnp.swapaxes(dq * cfg.sm_scale, 1, 2)
+  return (dq.astype(q.dtype), unchunk(dk).astype(k.dtype),
+          unchunk(dv).astype(v.dtype), jnp.zeros_like(slopes), None)
+
+
+_ref_core.defvjp(_ref_core_fwd, _ref_core_bwd)
+
+
+def flash_alibi_reference(q, k, v, *, slopes, segment_ids=None, causal=True,
+                          sm_scale=None, block_k=512):
+  """Blockwise (key-chunked) ALiBi attention in plain jnp, fp32 math.
+
+  Same semantics and signature style as :func:`flash_alibi_attention`;
+  memory is O(batch * heads * seq * block_k) in forward *and* backward (custom
+  VJP recomputing each chunk's scores), so it is usable for long sequences
+  on any backend.
+  """
+  _check_inputs(q, k, v, slopes, segment_ids)
+  t = q.shape[1]
+  cfg = _RefConfig(seq_len=t, block_k=max(1, min(int(block_k), t)),
+                   causal=bool(causal),
+                   sm_scale=_resolve_sm_scale(sm_scale, q.shape[-1]))
+  slopes = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
+  return _ref_core(cfg, q, k, v, slopes, segment_ids)

@@ -1,0 +1,384 @@
+"""Tests for gpt_plugin.kernels.flash_alibi.
+
+Everything is compared against a float64 NumPy implementation of ALiBi
+attention (causal + segment masking) written here, including hand-written
+softmax-attention gradients.  On CPU the Pallas kernels run in interpret mode;
+on a GPU (``JAX_PLATFORMS=cuda python -m pytest tests/test_flash_alibi.py``)
+the kernel-vs-NumPy tests run the compiled Triton kernels (interpret=None).
+"""
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_plugin.kernels import flash_alibi as fa
+
+
+# ----------------------------------------------------------------------------
+# float64 NumPy reference
+# ----------------------------------------------------------------------------
+def np_slopes(n):
+  """ALiBi slope rule, written independently of the module under test."""
+  def geo(m):
+    r = 2.0 ** (-8.0 / m)
+    return [r ** (i + 1) for i in range(m)]
+  if math.log2(n).is_integer():
+    return np.array(geo(n))
+  c = 2 ** int(math.floor(math.log2(n)))
+  return np.array(geo(c) + geo(2 * c)[::2][: n - c])
+
+
+def np_attention(q, k, v, slopes, seg, causal, scale):
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  t = q.shape[1]
+  pos = np.arange(t)
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+  s = s + np.asarray(slopes, np.float64)[None, :, None, None] * (
+      pos[None, :] - pos[:, None])[None, None]
+  mask = np.ones((1, 1, t, t), bool)
+  if causal:
+    mask = mask & (pos[None, :] <= pos[:, None])[None, None]
+  if seg is not None:
+    seg = np.asarray(seg)
+    mask = mask & (seg[:, None, :, None] == seg[:, None, None, :])
+  s = np.where(mask, s, -np.inf)
+  s = s - s.max(-1, keepdims=True)
+  p = np.exp(s)
+  p = p / p.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", p, v), p
+
+
+def np_attention_grads(q, k, v, p, do, scale):
+  q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
+  dv = np.einsum("bhqk,bqhd->bkhd", p, do)
+  dp = np.einsum("bqhd,bkhd->bhqk", do, v)
+  ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+  dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
+  dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+  return dq, dk, dv
+
+
+def make_segments(batch, t, rng):
+  """Random packing: each row is split into 1-4 segments, some rows end in a
+  0-id padding run (T5X convention)."""
+  seg = np.zeros((batch, t), np.int32)
+  for b in range(batch):
+    cuts = np.sort(rng.choice(np.arange(1, t), size=rng.integers(1, 4),
+                              replace=False))
+    ids = np.searchsorted(cuts, np.arange(t), side="right") + 1
+    if b % 2 == 1:
+      ids[t - t // 5:] = 0
+    seg[b] = ids
+  return seg
+
+
+def make_inputs(batch, t, heads, d, seed=0, packed=False):
+  rng = np.random.default_rng(seed)
+  q, k, v, w = (rng.standard_normal((batch, t, heads, d)).astype(np.float32)
+                for _ in range(4))
+  seg = make_segments(batch, t, rng) if packed else None
+  return q, k, v, w, seg
+
+
+def run_fn(fn, q, k, v, w, dtype):
+  """Jitted forward + gradients of sum(w * out) w.r.t. q, k, v."""
+  def f(q, k, v, w):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out,) + vjp(w.astype(out.dtype))
+  args = [jnp.asarray(x, dtype) for x in (q, k, v, w)]
+  return [np.asarray(x.astype(jnp.float32)) for x in jax.jit(f)(*args)]
+
+
+def rel_err(a, b):
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ----------------------------------------------------------------------------
+# Kernel vs float64 reference
+# ----------------------------------------------------------------------------
+CASES = [
+    # (T, heads, head_dim, causal, packed, block_q, block_k)
+    (48, 12, 16, True, False, 32, 32),
+    (100, 12, 24, True, True, 32, 32),    # head_dim padded to 32
+    (130, 4, 32, True, True, 32, 32),
+    (100, 6, 16, False, False, 32, 32),
+    (130, 12, 16, False, True, 32, 32),
+    (100, 3, 16, True, True, 32, 16),     # block_q != block_k
+    (64, 5, 16, True, False, 16, 32),
+]
+
+
+@pytest.mark.parametrize("t,heads,d,causal,packed,bq,bk", CASES)
+def test_flash_alibi_fp32_matches_numpy(t, heads, d, causal, packed, bq, bk):
+  q, k, v, w, seg = make_inputs(2, t, heads, d, seed=t + heads, packed=packed)
+  slopes = np_slopes(heads)
+  scale = 1.0 / math.sqrt(d)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+        segment_ids=None if seg is None else jnp.asarray(seg),
+        causal=causal, block_q=bq, block_k=bk, interpret=None)
+
+  out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
+  ref, p = np_attention(q, k, v, slopes, seg, causal, scale)
+  rdq, rdk, rdv = np_attention_grads(q, k, v, p, w, scale)
+  assert out.shape == q.shape
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+  for got, want in ((dq, rdq), (dk, rdk), (dv, rdv)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+
+
+def test_flash_alibi_bf16_relative_error():
+  t, heads, d = 100, 12, 32
+  q, k, v, w, seg = make_inputs(2, t, heads, d, seed=7, packed=True)
+  slopes = np_slopes(heads)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+        segment_ids=jnp.asarray(seg), causal=True, block_q=32, block_k=32,
+        interpret=None)
+
+  # Reference sees the same bf16-rounded inputs.
+  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+                    for x in (q, k, v, w))
+  def fwd_bwd(q, k, v, w):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out,) + vjp(w)
+
+  out, *grads = jax.jit(fwd_bwd)(
+      *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, w)))
+  assert out.dtype == jnp.bfloat16
+  ref, p = np_attention(qb, kb, vb, slopes, seg, True, 1.0 / math.sqrt(d))
+  refs = np_attention_grads(qb, kb, vb, p, wb, 1.0 / math.sqrt(d))
+  assert rel_err(np.asarray(out, np.float32), ref) <= 1e-2
+  for g, r in zip(grads, refs):
+    assert g.dtype == jnp.bfloat16
+    assert rel_err(np.asarray(g, np.float32), r) <= 1e-2
+
+
+def test_custom_sm_scale_and_jit_outer():
+  t, heads, d = 40, 2, 16
+  q, k, v, w, _ = make_inputs(1, t, heads, d, seed=3)
+  slopes = np.array([0.5, 0.0625])
+  f = jax.jit(lambda q, k, v: fa.flash_alibi_attention(
+      q, k, v, slopes=jnp.asarray(slopes, jnp.float32), sm_scale=0.3,
+      block_q=16, block_k=16))  # interpret=None -> interpret on CPU
+  ref, _ = np_attention(q, k, v, slopes, None, True, 0.3)
+  np.testing.assert_allclose(np.asarray(f(q, k, v)), ref, rtol=1e-4, atol=2e-5)
+
+
+def test_slopes_are_constants():
+  t, heads, d = 32, 2, 16
+  q, k, v, _, _ = make_inputs(1, t, heads, d, seed=4)
+  g = jax.grad(lambda s: fa.flash_alibi_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), slopes=s,
+      block_q=16, block_k=16, interpret=True).sum())(
+          jnp.asarray([0.5, 0.25], jnp.float32))
+  np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Blockwise jnp reference fallback
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("t,causal,packed,block", [
+    (100, True, True, 32), (130, False, True, 48), (48, True, False, 512)])
+def test_reference_fallback_matches_numpy(t, causal, packed, block):
+  heads, d = 12, 16
+  q, k, v, w, seg = make_inputs(2, t, heads, d, seed=11, packed=packed)
+  slopes = np_slopes(heads)
+  scale = 1.0 / math.sqrt(d)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_reference(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+        segment_ids=None if seg is None else jnp.asarray(seg),
+        causal=causal, block_k=block)
+
+  out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
+  ref, p = np_attention(q, k, v, slopes, seg, causal, scale)
+  refs = np_attention_grads(q, k, v, p, w, scale)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+  for got, want in zip((dq, dk, dv), refs):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+
+
+def test_interpret_false_on_cpu_falls_back_to_reference():
+  if jax.default_backend() != "cpu":
+    pytest.skip("CPU-only behaviour")
+  q, k, v, _, _ = make_inputs(1, 24, 2, 16, seed=5)
+  slopes = np.array([0.5, 0.25])
+  fa._WARNED.discard("no_triton_cpu")
+  with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter("always")
+    out = fa.flash_alibi_attention(jnp.asarray(q), jnp.asarray(k),
+                                   jnp.asarray(v),
+                                   slopes=jnp.asarray(slopes, jnp.float32),
+                                   interpret=False)
+  assert any("reference" in str(r.message) for r in rec)
+  ref, _ = np_attention(q, k, v, slopes, None, True, 0.25)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------
+# Causal block skipping
+# ----------------------------------------------------------------------------
+def test_causal_block_counts():
+  q, k, v, _, _ = make_inputs(1, 128, 2, 16, seed=6)
+  slopes = jnp.asarray([0.5, 0.25], jnp.float32)
+  args = [jnp.asarray(x) for x in (q, k, v)]
+  counts = jax.jit(fa.flash_alibi_block_counts,
+                   static_argnames=("causal", "block_q", "block_k",
+                                    "bwd_block_q", "bwd_block_k"))
+  _, fwd, dq, dkdv = counts(
+      *args, slopes=slopes, block_q=32, block_k=16, bwd_block_q=32,
+      bwd_block_k=32)
+  # 8 key blocks of 16; query block i needs key blocks 0 .. 2i+1.
+  np.testing.assert_array_equal(np.asarray(fwd)[0, 0], [2, 4, 6, 8])
+  np.testing.assert_array_equal(np.asarray(dq)[0, 0], [1, 2, 3, 4])
+  np.testing.assert_array_equal(np.asarray(dkdv)[0, 0], [4, 3, 2, 1])
+  _, fwd, dq, dkdv = counts(
+      *args, slopes=slopes, causal=False, block_q=32, block_k=16,
+      bwd_block_q=32, bwd_block_k=32)
+  assert (np.asarray(fwd) == 8).all() and (np.asarray(dkdv) == 4).all()
+
+
+def test_fully_masked_blocks_are_never_read():
+  """NaN-poison the tiles that causal masking makes irrelevant.
+
+  A kernel that loads a fully masked tile and multiplies it by p=0 would
+  propagate NaN (0 * NaN = NaN); a block-skipping kernel stays finite and
+  exact for every row/column not sharing a tile with the poison.
+  """
+  t, heads, d, blk = 128, 2, 16, 32
+  q, k, v, w, _ = make_inputs(1, t, heads, d, seed=8)
+  slopes = np.array([0.5, 0.25])
+  scale = 1.0 / math.sqrt(d)
+  clean_ref, p = np_attention(q, k, v, slopes, None, True, scale)
+  _, rdk, rdv = np_attention_grads(q, k, v, p, w, scale)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32), block_q=blk,
+        block_k=blk, bwd_block_q=blk, bwd_block_k=blk, interpret=True)
+
+  # Forward: poison the last key block; query blocks 0..2 never see it.
+  kp, vp = k.copy(), v.copy()
+  kp[:, -blk:] = np.nan
+  vp[:, -blk:] = np.nan
+  out = np.asarray(jax.jit(fn)(q, kp, vp))
+  assert np.isnan(out[:, -blk:]).any()  # the diagonal tile does read it
+  np.testing.assert_allclose(out[:, :-blk], clean_ref[:, :-blk], rtol=1e-4,
+                             atol=2e-5)
+
+  # Backward (dk/dv kernel): poison the first query block; key blocks 1..3
+  # never pair with it, so their dk/dv stay exact.
+  qp = q.copy()
+  qp[:, :blk] = np.nan
+  _, _, dk, dv = run_fn(fn, qp, k, v, w, jnp.float32)
+  assert np.isnan(dk[:, :blk]).any()
+  np.testing.assert_allclose(dk[:, blk:], rdk[:, blk:], rtol=1e-4, atol=5e-5)
+  np.testing.assert_allclose(dv[:, blk:], rdv[:, blk:], rtol=1e-4, atol=5e-5)
+
+
+# ----------------------------------------------------------------------------
+# Interface, errors, GPU lowering
+# ----------------------------------------------------------------------------
+def test_alibi_slopes_rule():
+  np.testing.assert_allclose(fa.alibi_slopes(8), 2.0 ** -np.arange(1, 9))
+  for n in (1, 2, 4, 6, 12, 16, 20, 24, 25):
+    np.testing.assert_allclose(fa.alibi_slopes(n), np_slopes(n), rtol=1e-6)
+
+
+def test_unsupported_configurations_raise():
+  x = jnp.zeros((1, 32, 2, 16), jnp.float32)
+  s = jnp.ones((2,), jnp.float32)
+  with pytest.raises(NotImplementedError, match="GQA"):
+    fa.flash_alibi_attention(x, x[:, :, :1], x[:, :, :1], slopes=s)
+  with pytest.raises(NotImplementedError, match="power of two"):
+    fa.flash_alibi_attention(x, x, x, slopes=s, block_q=48,
+                             implementation="triton", interpret=False)
+  big = jnp.zeros((1, 32, 2, 512), jnp.bfloat16)
+  with pytest.raises(NotImplementedError, match="head_dim"):
+    fa.flash_alibi_attention(big, big, big, slopes=s,
+                             implementation="triton", interpret=False)
+  with pytest.raises(ValueError, match="slopes"):
+    fa.flash_alibi_attention(x, x, x, slopes=jnp.ones((3,)))
+
+
+def test_lowers_to_triton_for_cuda():
+  """Cross-platform lowering: the kernels lower to Triton IR custom calls.
+
+  This runs Pallas' Triton lowering on CPU (no GPU, no PTX compilation), so it
+  catches unsupported primitives/shapes in the kernel bodies.
+  """
+  if fa.plgpu is None:
+    pytest.skip("Pallas Triton backend not available")
+  b, t, h, d = 1, 200, 3, 64
+  x = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
+  slopes = jnp.asarray(fa.alibi_slopes(h))
+
+  def loss(q, k, v, s):
+    o = fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s,
+                                 implementation="triton", interpret=False,
+                                 block_q=64, block_k=32)
+    return o.astype(jnp.float32).sum()
+
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+      x, x, x, seg).lower(lowering_platforms=("cuda",))
+  text = lowered.as_text()
+  assert text.count("xla.gpu.triton") == 3  # fwd, dq, dk/dv
+  for name in ("flash_alibi_fwd", "flash_alibi_bwd_dq", "flash_alibi_bwd_dkdv"):
+    assert name in text
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_default_tiles_bf16(d):
+  """Compiled Triton kernels at the default tiles, ragged length, packed."""
+  t, heads = 1000, 4
+  q, k, v, w, seg = make_inputs(2, t, heads, d, seed=d, packed=True)
+  slopes = np_slopes(heads)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+        segment_ids=jnp.asarray(seg), causal=True)
+
+  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+                    for x in (q, k, v, w))
+  out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.bfloat16)
+  ref, p = np_attention(qb, kb, vb, slopes, seg, True, 1.0 / math.sqrt(d))
+  refs = np_attention_grads(qb, kb, vb, p, wb, 1.0 / math.sqrt(d))
+  assert rel_err(out, ref) <= 1e-2
+  for g, r in zip((dq, dk, dv), refs):
+    assert rel_err(g, r) <= 1e-2
+
+
+def test_tpu_path_in_tpu_interpret_mode():
+  """The TPU branch (Pallas TPU flash attention + ALiBi `ab`), run through
+  Pallas' TPU interpreter on CPU."""
+  pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
+  if not hasattr(pltpu, "force_tpu_interpret_mode"):
+    pytest.skip("no TPU interpret mode in this jax")
+  t, heads, d = 100, 3, 16
+  q, k, v, w, seg = make_inputs(1, t, heads, d, seed=12, packed=True)
+  slopes = np_slopes(heads)
+  scale = 1.0 / math.sqrt(d)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(
+        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+        segment_ids=jnp.asarray(seg), causal=True, implementation="tpu")
+
+  with pltpu.force_tpu_interpret_mode():
+    out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
+  ref, p = np_attention(q, k, v, slopes, seg, True, scale)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+  for got, want in zip((dq, dk, dv), np_attention_grads(q, k, v, p, w, scale)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
