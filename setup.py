@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py",
     "tqdm",
     "matplotlib",
+    "tensorboard",
 ]
 
 EXTRAS_REQUIRE = {

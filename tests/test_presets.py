@@ -13,6 +13,7 @@ GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 # original-project.md §2.1 (millions; the original's own arithmetic for its Flax module) and GPT-2 sizes.
 EXPECTED_MILLIONS = {
     "qa": 6.8, "small": 3.3, "base": 123.7, "medium": 303.4, "large": 587.2, "xl": 757.2, "xxl": 1097.2,
+    "littlegpt_127m": 127.08, "littlegpt_303m": 303.90, "littlegpt_1b": 1009.41,
     "gpt2_124m": 124.5, "gpt2_355m": 354.9, "gpt2_774m": 774.1, "gpt2_1558m": 1557.7,  # vocab padded to 50304
 }
 

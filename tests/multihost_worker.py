@@ -1,0 +1,32 @@
+"""One process of the 2-process localhost test (tests/test_train_multihost.py).
+
+usage: python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODEL_DIR OUT_JSON
+Runs with 4 simulated CPU devices, joined to the others by jax.distributed.initialize (gloo collectives).
+"""
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+  pid, nproc, port, model_dir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+  from gpt_plugin import partitioning
+  partitioning.maybe_initialize_distributed(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
+                                            process_id=pid, cpu_collectives="gloo", initialization_timeout=120)
+  import jax
+  from train_helpers import losses, run_train
+  assert jax.process_count() == nproc and jax.device_count() == 4 * nproc, (jax.process_count(), jax.devices())
+  res = run_train(model_dir, steps=5, mesh_shape=(2, 4, 1), num_devices=jax.device_count(),
+                  param_rules=[("embed", "fsdp"), ("mlp", "fsdp")], checkpoint_period=3)
+  with open(out, "w") as f:
+    json.dump({"losses": losses(res).tolist(), "process_index": jax.process_index(),
+               "local_devices": jax.local_device_count()}, f)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main()
