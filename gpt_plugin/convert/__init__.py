@@ -1,0 +1,25 @@
+"""Weights in and out: Little-GPT (PyTorch) checkpoints <-> gpt_plugin params, depth expansion, averaging.
+
+CLI: `python -m gpt_plugin.convert {from-torch,to-torch,expand-depth,average} ...` (see docs/convert.md).
+`.pth` files are read and written by `gpt_plugin.torch_archive` (restricted reader, never runs pickle; torch-free
+writer); its API is re-exported here.
+
+Modules:
+  littlegpt        name / shape mapping Little-GPT state dict <-> our param tree (both layer layouts)
+  params_io        params-only checkpoints (orbax `OUT/params/`), reading MODEL_DIR checkpoints
+  depth_expansion  Gopher-style warm start of a deeper model (new block i <- old block floor(i*old/new))
+  averaging        mean of the last k checkpoints of a MODEL_DIR
+"""
+from gpt_plugin.convert.averaging import average_checkpoints, average_trees
+from gpt_plugin.convert.depth_expansion import depth_map, expand_depth, inverse_map
+from gpt_plugin.convert.littlegpt import (LITTLEGPT_VOCAB_SIZE, ConversionError, check_params, from_torch,
+                                          infer_config, to_torch)
+from gpt_plugin.convert.params_io import load_params, save_params
+from gpt_plugin.torch_archive import (TorchFileCorruptError, TorchFileError, UnsafePickleError, load_pth,
+                                      read_state_dict, save_pth)
+
+__all__ = [
+    "LITTLEGPT_VOCAB_SIZE", "ConversionError", "TorchFileCorruptError", "TorchFileError", "UnsafePickleError", "average_checkpoints",
+    "average_trees", "check_params", "depth_map", "expand_depth", "from_torch", "infer_config", "inverse_map",
+    "load_params", "load_pth", "read_state_dict", "save_params", "save_pth", "to_torch",
+]

@@ -1,0 +1,320 @@
+"""Little-GPT (PyTorch) state dict <-> gpt_plugin params (original-project.md §8.4; tree: docs/DESIGN.md).
+
+| Little-GPT key (torch shape)                   | gpt_plugin param (shape)                                     |
+|------------------------------------------------|--------------------------------------------------------------|
+| `wte.weight` (V, D)                            | `token_embedder/embedding` (V', D): zero rows appended (V' >= V) |
+| `wte.norm.{weight,bias}` (1B* StableEmbedding) | `embedding_norm/{scale,bias}` (`embedding_layer_norm=True`)  |
+| `wpe.weight` (ctx, D) (non-ALiBi models only)  | `position_embedder/embedding`                               |
+| `blocks.L.ln1.{weight,bias}`                   | `layers_L/input_norm/{scale,bias}`                           |
+| `blocks.L.ln2.{weight,bias}` (sequential only) | `layers_L/mlp_norm/{scale,bias}`                             |
+| `blocks.L.attn.{query,key,value}.weight` (D,D) | `layers_L/attention/qkv/kernel[:, 0|1|2, :]` = weight.T      |
+| `blocks.L.attn.{query,key,value}.bias`         | `layers_L/attention/qkv/bias[0|1|2]`                         |
+| `blocks.L.attn.fc_resid.{weight,bias}`         | `layers_L/attention/out/{kernel (= weight.T), bias}`         |
+| `blocks.L.mlp.fc1.{weight,bias}` (4D,D)        | `layers_L/mlp/wi/{kernel (= weight.T), bias}`                |
+| `blocks.L.mlp.fc_resid.{weight,bias}` (D,4D)   | `layers_L/mlp/wo/{kernel (= weight.T), bias}`                |
+| `norm.{weight,bias}`                           | `final_norm/{scale,bias}`                                    |
+| `lm_head.weight` (tied to `wte.weight`)        | dropped on import (must equal `wte.weight`); re-created, tied, on export |
+| `blocks.L.attn.slopes` (H), `.mask` (1,1,ctx,ctx) | dropped on import (slopes checked against the head count); re-created on export |
+
+With `scan_layers=True` every `layers_L/...` leaf is stacked into `layers/...` with a leading layer axis.
+Head order inside `joined_kv` is the torch `view(B, T, H, D/H)` order, so no permutation is needed.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from gpt_plugin.layers.alibi import alibi_slopes
+from gpt_plugin.network import GPTConfig, GPTDecoder
+
+LITTLEGPT_VOCAB_SIZE = 50257  # GPT-2 BPE, Little-GPT's embedding rows
+LITTLEGPT_NUM_CTX = 512       # the size of Little-GPT's `attn.mask` buffer for the * models
+_PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate wrapper, torch.compile wrapper
+_QKV = ("query", "key", "value")  # index 0/1/2 of our `stack` axis
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not match the model: lists every missing, unexpected or mis-shaped entry."""
+
+
+def _fail(title: str, problems):
+  shown = "\n  ".join(problems)
+  raise ConversionError(f"{title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  {shown}")
+
+
+# ------------------------------------------------------------------------------------------ our side
+def abstract_params(config: GPTConfig) -> Dict[str, Any]:
+  """The model's param tree as ShapeDtypeStructs (nothing allocated)."""
+  module = GPTDecoder(config)
+  tokens = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, enable_dropout=False))
+  return shapes["params"]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(flatten(v, name + "/"))
+    else:
+      out[name] = v
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  out: Dict[str, Any] = {}
+  for name, v in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+def check_params(params: Mapping[str, Any], config: GPTConfig, what: str = "params") -> None:
+  """Raises ConversionError listing params missing from / unexpected in / mis-shaped for `config`'s model."""
+  expected = {k: tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
+  found = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
+  problems = []
+  for k in sorted(set(expected) | set(found)):
+    if k not in found:
+      problems.append(f"missing: {k} (model shape {expected[k]})")
+    elif k not in expected:
+      problems.append(f"unexpected: {k} (shape {found[k]})")
+    elif expected[k] != found[k]:
+      problems.append(f"wrong shape: {k}: {found[k]}, model expects {expected[k]}")
+  if problems:
+    _fail(f"{what} do not match the model (num_layers={config.num_layers}, emb_dim={config.emb_dim}, "
+          f"num_heads={config.num_heads}, vocab_size={config.vocab_size}, scan_layers={config.scan_layers})",
+          problems)
+
+
+def is_scanned(params: Mapping[str, Any]) -> bool:
+  return "layers" in params and not any(k.startswith("layers_") for k in params)
+
+
+def layer_list(params: Mapping[str, Any]) -> list:
+  """The per-layer param dicts, whichever layout (`layers_i` or stacked `layers`)."""
+  if is_scanned(params):
+    stacked = params["layers"]
+    n = {np.shape(x)[0] for x in jax.tree.leaves(stacked)}
+    if len(n) != 1:
+      raise ConversionError(f"stacked 'layers' params disagree on the number of layers: {sorted(n)}")
+    count = n.pop()
+    return [jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked) for i in range(count)]
+  idx = sorted(int(k[len("layers_"):]) for k in params if re.fullmatch(r"layers_\d+", k))
+  if idx != list(range(len(idx))):
+    raise ConversionError(f"layer indices are not 0..N-1: {idx}")
+  return [params[f"layers_{i}"] for i in idx]
+
+
+def with_layers(params: Mapping[str, Any], layers: list, scanned: bool) -> Dict[str, Any]:
+  """`params` with its blocks replaced by `layers` (a list of per-layer dicts) in the requested layout."""
+  out = {k: v for k, v in params.items() if k != "layers" and not re.fullmatch(r"layers_\d+", k)}
+  if scanned:
+    out["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
+  else:
+    for i, layer in enumerate(layers):
+      out[f"layers_{i}"] = layer
+  return out
+
+
+# ------------------------------------------------------------------------------------------ torch side
+def torch_shapes(config: GPTConfig, vocab_size: int = LITTLEGPT_VOCAB_SIZE) -> Dict[str, Tuple[int, ...]]:
+  """Required Little-GPT state-dict entries (parameters, not buffers) for `config` and their shapes."""
+  if config.use_static_sgu or config.head_qk_trick:
+    raise ConversionError("Little-GPT has no static SGU / head-QK layers; turn use_static_sgu / head_qk_trick off")
+  d, m = config.emb_dim, config.mlp_width
+  shapes = {"wte.weight": (vocab_size, d), "norm.weight": (d,), "norm.bias": (d,)}
+  if config.embedding_layer_norm:
+    shapes.update({"wte.norm.weight": (d,), "wte.norm.bias": (d,)})
+  if config.position_embedding == "learned":
+    shapes["wpe.weight"] = (config.max_position_embeddings, d)
+  for i in range(config.num_layers):
+    p = f"blocks.{i}."
+    norms = ("ln1",) if config.block_type == "parallel" else ("ln1", "ln2")
+    for ln in norms:
+      shapes.update({f"{p}{ln}.weight": (d,), f"{p}{ln}.bias": (d,)})
+    for name in _QKV + ("fc_resid",):
+      shapes.update({f"{p}attn.{name}.weight": (d, d), f"{p}attn.{name}.bias": (d,)})
+    shapes.update({f"{p}mlp.fc1.weight": (m, d), f"{p}mlp.fc1.bias": (m,),
+                   f"{p}mlp.fc_resid.weight": (d, m), f"{p}mlp.fc_resid.bias": (d,)})
+  return shapes
+
+
+def strip_wrappers(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+  """Removes a `module.` (DDP/accelerate) or `_orig_mod.` (torch.compile) prefix shared by every key."""
+  sd = dict(state_dict)
+  changed = True
+  while changed and sd:
+    changed = False
+    for p in _PREFIXES:
+      if all(k.startswith(p) for k in sd):
+        sd = {k[len(p):]: v for k, v in sd.items()}
+        changed = True
+  # FrozenStableEmbedding (CPU fallback of the 1B* embedding) names its LayerNorm `ln_weight` / `ln_bias`.
+  for old, new in (("wte.ln_weight", "wte.norm.weight"), ("wte.ln_bias", "wte.norm.bias")):
+    if old in sd and new not in sd:
+      sd[new] = sd.pop(old)
+  return sd
+
+
+def infer_config(state_dict: Mapping[str, Any], base: Optional[GPTConfig] = None, **overrides) -> GPTConfig:
+  """A GPTConfig read off a Little-GPT state dict: width, depth, MLP width, block type, embedding LayerNorm,
+  positions, head count (from the `attn.slopes` buffer; 8, Little-GPT's * models, without it). The rest
+  (epsilon 1e-5, exact GELU, vocab padded to a multiple of 128) follows Little-GPT."""
+  sd = strip_wrappers(state_dict)
+  if "wte.weight" not in sd:
+    raise ConversionError("cannot infer the model: no 'wte.weight' in the state dict")
+  vocab, d = np.shape(sd["wte.weight"])
+  layers = sorted({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+  fields = dict(
+      vocab_size=-(-vocab // 128) * 128, emb_dim=d, num_layers=(layers[-1] + 1) if layers else 0,
+      block_type="sequential" if "blocks.0.ln2.weight" in sd else "parallel",
+      position_embedding="learned" if "wpe.weight" in sd else "alibi",
+      embedding_layer_norm="wte.norm.weight" in sd, layer_norm_epsilon=1e-5, gelu_approximate=False,
+      num_heads=int(np.shape(sd["blocks.0.attn.slopes"])[0]) if "blocks.0.attn.slopes" in sd else 8)
+  if "blocks.0.mlp.fc1.weight" in sd and np.shape(sd["blocks.0.mlp.fc1.weight"])[0] != 4 * d:
+    fields["mlp_dim"] = int(np.shape(sd["blocks.0.mlp.fc1.weight"])[0])
+  if "wpe.weight" in sd:
+    fields["max_position_embeddings"] = int(np.shape(sd["wpe.weight"])[0])
+  fields.update(overrides)
+  if base is not None:
+    return dataclasses.replace(base, **fields)
+  return GPTConfig(**fields)
+
+
+def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=np.float32,
+               check_tied: bool = True) -> Dict[str, Any]:
+  """Little-GPT state dict (name -> array) to our params (nested dict of numpy arrays) for `config`.
+
+  Raises ConversionError listing every missing, unexpected and mis-shaped entry (all at once). `wte.weight`
+  may have fewer rows than `config.vocab_size` (zero rows are appended); buffers are checked and dropped.
+  """
+  sd = {k: np.asarray(v) for k, v in strip_wrappers(state_dict).items()}
+  d = config.emb_dim
+  vocab = np.shape(sd["wte.weight"])[0] if "wte.weight" in sd and np.ndim(sd["wte.weight"]) == 2 else \
+      LITTLEGPT_VOCAB_SIZE
+  required = torch_shapes(config, vocab)
+  problems = []
+  for k, shape in required.items():
+    if k not in sd:
+      problems.append(f"missing: {k} (expected shape {shape})")
+    elif tuple(sd[k].shape) != shape:
+      problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)}, expected {shape}")
+    elif sd[k].dtype.kind != "f" and sd[k].dtype != np.dtype(ml_dtypes.bfloat16):
+      problems.append(f"wrong dtype: {k} is {sd[k].dtype} (quantized?); expected a floating-point tensor")
+  if vocab > config.vocab_size:
+    problems.append(f"wrong shape: wte.weight has {vocab} rows, more than the model's vocab_size="
+                    f"{config.vocab_size}")
+  slopes = alibi_slopes(config.num_heads)
+  for k in sorted(set(sd) - set(required)):
+    m = re.fullmatch(r"blocks\.(\d+)\.attn\.(slopes|mask)", k)
+    if m and int(m.group(1)) < config.num_layers:
+      if m.group(2) == "slopes":
+        if config.position_embedding != "alibi":
+          problems.append(f"unexpected: {k} (ALiBi slopes, but the model uses learned positions)")
+        elif sd[k].shape != slopes.shape:
+          problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)} means {sd[k].size} heads; the model has "
+                          f"num_heads={config.num_heads}")
+        elif not np.allclose(sd[k].astype(np.float32), slopes, rtol=1e-3):
+          problems.append(f"wrong values: {k} are not the ALiBi slopes of {config.num_heads} heads")
+      continue  # the causal mask buffer is recomputed; its size (Little-GPT's num_ctx) is irrelevant here
+    if k == "lm_head.weight":
+      if tuple(sd[k].shape) != (vocab, d):
+        problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)}, expected {(vocab, d)} (tied to wte.weight)")
+      elif check_tied and "wte.weight" in sd and not np.array_equal(sd[k], sd["wte.weight"]):
+        problems.append(f"untied: {k} differs from wte.weight; gpt_plugin ties the output head to the embedding")
+      continue
+    problems.append(f"unexpected: {k} (shape {tuple(sd[k].shape)})")
+  if problems:
+    _fail("the Little-GPT state dict does not match the model", problems)
+
+  cast = lambda x: np.asarray(x).astype(param_dtype, copy=False)
+  ln = lambda p: {"scale": cast(sd[f"{p}.weight"]).copy(), "bias": cast(sd[f"{p}.bias"]).copy()}
+  dense = lambda p: {"kernel": cast(sd[f"{p}.weight"]).T.copy(), "bias": cast(sd[f"{p}.bias"]).copy()}
+  wte = np.zeros((config.vocab_size, d), param_dtype)
+  wte[:vocab] = cast(sd["wte.weight"])
+  params: Dict[str, Any] = {"token_embedder": {"embedding": wte}, "final_norm": ln("norm")}
+  if config.embedding_layer_norm:
+    params["embedding_norm"] = ln("wte.norm")
+  if config.position_embedding == "learned":
+    params["position_embedder"] = {"embedding": cast(sd["wpe.weight"]).copy()}
+  layers = []
+  for i in range(config.num_layers):
+    p = f"blocks.{i}"
+    layer = {"input_norm": ln(f"{p}.ln1"), "attention": {
+        "qkv": {"kernel": np.stack([cast(sd[f"{p}.attn.{n}.weight"]).T for n in _QKV], axis=1),
+                "bias": np.stack([cast(sd[f"{p}.attn.{n}.bias"]) for n in _QKV], axis=0)},
+        "out": dense(f"{p}.attn.fc_resid")},
+        "mlp": {"wi": dense(f"{p}.mlp.fc1"), "wo": dense(f"{p}.mlp.fc_resid")}}
+    if config.block_type == "sequential":
+      layer["mlp_norm"] = ln(f"{p}.ln2")
+    layers.append(layer)
+  params = with_layers(params, layers, config.scan_layers)
+  check_params(params, config, "converted params")
+  return params
+
+
+def to_torch(params: Mapping[str, Any], config: GPTConfig, *, vocab_size: Optional[int] = LITTLEGPT_VOCAB_SIZE,
+             buffers: bool = True, num_ctx: int = LITTLEGPT_NUM_CTX, lm_head: bool = True,
+             dtype=np.float32) -> "collections.OrderedDict[str, np.ndarray]":
+  """Our params (either layer layout) to a Little-GPT state dict (OrderedDict of numpy arrays).
+
+  `vocab_size` crops the embedding (None keeps every row). With `buffers`, each block gets Little-GPT's
+  `attn.slopes` (float32, H) and `attn.mask` (uint8 lower-triangular, (1, 1, num_ctx, num_ctx)), so the dict
+  loads with `load_state_dict(strict=True)` into Little-GPT's `GPT2`. `lm_head.weight` is the same array as
+  `wte.weight` (one storage in the saved file: still tied after loading).
+  """
+  params = {k: v for k, v in params.items()}
+  scanned_config = dataclasses.replace(config, scan_layers=is_scanned(params))
+  check_params(params, scanned_config, "params")
+  torch_shapes(config)  # rejects SGU / head-QK models
+  get = lambda x: np.asarray(x, dtype=np.float32).astype(dtype)
+  sd: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
+  wte = get(params["token_embedder"]["embedding"])
+  if vocab_size is not None:
+    if vocab_size > wte.shape[0]:
+      raise ConversionError(f"cannot export {vocab_size} vocab rows: the model has {wte.shape[0]}")
+    wte = np.ascontiguousarray(wte[:vocab_size])
+  sd["wte.weight"] = wte
+  if config.embedding_layer_norm:
+    sd["wte.norm.weight"] = get(params["embedding_norm"]["scale"])
+    sd["wte.norm.bias"] = get(params["embedding_norm"]["bias"])
+  if config.position_embedding == "learned":
+    sd["wpe.weight"] = get(params["position_embedder"]["embedding"])
+  mask = np.tril(np.ones((num_ctx, num_ctx), np.uint8)).reshape(1, 1, num_ctx, num_ctx) if buffers else None
+  slopes = alibi_slopes(config.num_heads).astype(np.float32)
+  for i, layer in enumerate(layer_list(params)):
+    p = f"blocks.{i}."
+    norms = [("ln1", "input_norm")] + ([("ln2", "mlp_norm")] if config.block_type == "sequential" else [])
+    for ln, ours in norms:
+      sd[p + ln + ".weight"] = get(layer[ours]["scale"])
+      sd[p + ln + ".bias"] = get(layer[ours]["bias"])
+    qkv = layer["attention"]["qkv"]
+    for j, n in enumerate(_QKV):
+      sd[f"{p}attn.{n}.weight"] = np.ascontiguousarray(get(qkv["kernel"])[:, j, :].T)
+      sd[f"{p}attn.{n}.bias"] = get(qkv["bias"])[j]
+    sd[f"{p}attn.fc_resid.weight"] = np.ascontiguousarray(get(layer["attention"]["out"]["kernel"]).T)
+    sd[f"{p}attn.fc_resid.bias"] = get(layer["attention"]["out"]["bias"])
+    if buffers:
+      if config.position_embedding == "alibi":
+        sd[f"{p}attn.slopes"] = slopes
+      sd[f"{p}attn.mask"] = mask
+    for torch_name, ours in (("fc1", "wi"), ("fc_resid", "wo")):
+      sd[f"{p}mlp.{torch_name}.weight"] = np.ascontiguousarray(get(layer["mlp"][ours]["kernel"]).T)
+      sd[f"{p}mlp.{torch_name}.bias"] = get(layer["mlp"][ours]["bias"])
+  sd["norm.weight"] = get(params["final_norm"]["scale"])
+  sd["norm.bias"] = get(params["final_norm"]["bias"])
+  if lm_head:
+    sd["lm_head.weight"] = wte
+  return sd
