@@ -229,6 +229,7 @@ class GPTDecoder(nn.Module):
     if cfg.embedding_layer_norm:
       x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name="embedding_norm")(x)
 
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     block_args = (segment_ids, prefill_lengths, enable_dropout, decode, prefill)
     block_cls = _block_class(cfg)
     if cfg.scan_layers:
@@ -241,7 +242,7 @@ class GPTDecoder(nn.Module):
         x = block_cls(cfg, name=f"layers_{i}")(x, *block_args)
 
     x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name="final_norm")(x)
-    logits = embedder.attend(x)
+    logits = nn.with_logical_constraint(embedder.attend(x), ("batch", "length", "vocab"))
     if cfg.head_qk_trick:
       logits = HeadQK(cfg.head_qk_dim, dtype, param_dtype, name="head_qk")(
           x, tokens, logits, segment_ids, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)

@@ -116,7 +116,7 @@ class CausalSelfAttention(nn.Module):
     inner = self.num_heads * self.head_dim
     qkv = FusedQKV(inner, self.init_std, self.dtype, self.param_dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, seq, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = (nn.with_logical_constraint(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
     slopes = alibi_slopes(self.num_heads) if self.use_alibi else None
 
     attn_rng = None
@@ -130,7 +130,7 @@ class CausalSelfAttention(nn.Module):
     if out is None:
       out = self._full_attention(q, k, v, slopes, segment_ids, attn_rng)
 
-    out = out.reshape(batch, seq, inner)
+    out = nn.with_logical_constraint(out.reshape(batch, seq, inner), ("batch", "length", "joined_kv"))
     y = Dense(self.out_features, ("joined_kv", "embed"), nn.initializers.normal(self.out_init_std),
               dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
     return nn.Dropout(rate=self.dropout_rate)(y, deterministic=not enable_dropout)

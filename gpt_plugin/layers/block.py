@@ -47,5 +47,5 @@ class DecoderBlock(nn.Module):
     else:
       x = x + mix(h)
       x = x + mlp(norm("mlp_norm")(x), enable_dropout=enable_dropout)
-    x = x.astype(dtype)
+    x = nn.with_logical_constraint(x.astype(dtype), ("batch", "length", "embed"))
     return (x, None) if self.scanned else x

@@ -24,7 +24,7 @@ class MLP(nn.Module):
   def __call__(self, x, *, enable_dropout: bool = False):
     h = Dense(self.mlp_dim, ("embed", "mlp"), nn.initializers.normal(self.init_std), dtype=self.dtype,
               param_dtype=self.param_dtype, name="wi")(x)
-    h = jax.nn.gelu(h, approximate=self.gelu_approximate)
+    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
     y = Dense(self.out_dim, ("mlp", "embed"), nn.initializers.normal(self.out_init_std), dtype=self.dtype,
               param_dtype=self.param_dtype, name="wo")(h)
     return nn.Dropout(rate=self.dropout_rate)(y, deterministic=not enable_dropout)
