@@ -60,11 +60,26 @@ def cudnn_attention(q, k, v, *, slopes, segment_ids):
 
 
 def flash_attention(q, k, v, *, slopes, segment_ids):
+  """The fused kernel. Under a mesh with logical axis rules (the trainer's context) it runs per shard via
+  `shard_map` over the batch and head axes: XLA cannot partition a Pallas call itself."""
   from gpt_plugin.kernels import flash_alibi  # pylint: disable=import-outside-toplevel
-  if slopes is None:
-    slopes = jnp.zeros((q.shape[2],), jnp.float32)
-  return flash_alibi.flash_alibi_attention(q, k, v, slopes=jnp.asarray(slopes), segment_ids=segment_ids,
-                                           causal=True)
+  slopes = jnp.zeros((q.shape[2],), jnp.float32) if slopes is None else jnp.asarray(slopes, jnp.float32)
+
+  def kernel(q, k, v, slopes, segment_ids=None):
+    return flash_alibi.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=segment_ids, causal=True)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return kernel(q, k, v, slopes, segment_ids)
+  batch_axes, heads_axes = nn.logical_to_mesh_axes(("batch", "heads"), rules)
+  qkv_spec = jax.sharding.PartitionSpec(batch_axes, None, heads_axes, None)
+  in_specs = (qkv_spec, qkv_spec, qkv_spec, jax.sharding.PartitionSpec(heads_axes))
+  args = (q, k, v, slopes)
+  if segment_ids is not None:
+    in_specs += (jax.sharding.PartitionSpec(batch_axes, None),)
+    args += (segment_ids,)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=qkv_spec, check_vma=False)(*args)
 
 
 class FusedQKV(nn.Module):
