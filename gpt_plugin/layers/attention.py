@@ -187,7 +187,7 @@ class CausalSelfAttention(nn.Module):
     if seq != 1:
       raise ValueError(f"decode=True expects one token per step, got a query of length {seq}")
     index = cache_index.value
-    rows = jnp.broadcast_to(index, (batch,))
+    rows = jnp.broadcast_to(jnp.reshape(index, (-1,)) if index.ndim else index, (batch,))  # t5x beams: [B, n]
     keys = _write_rows(cached_key.value, k, rows)
     values = _write_rows(cached_value.value, v, rows)
     cached_key.value, cached_value.value, cache_index.value = keys, values, index + 1

@@ -38,7 +38,7 @@ class HeadQK(nn.Module):
       cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
       if decode and initialized:
         index = cache_index.value
-        rows = jnp.broadcast_to(index, (batch,))
+        rows = jnp.broadcast_to(jnp.reshape(index, (-1,)) if index.ndim else index, (batch,))  # t5x beams: [B, n]
         write = lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0)
         keys = jax.vmap(write)(cached_k.value, k, rows)
         toks = jax.vmap(write)(cached_tokens.value, tokens.astype(jnp.int32), rows)

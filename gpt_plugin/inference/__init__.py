@@ -1,0 +1,1 @@
+"""Generation and evaluation runners (gin-bound logic behind `python -m gpt_plugin.infer` / `gpt_plugin.eval`)."""
