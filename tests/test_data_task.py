@@ -264,3 +264,11 @@ def test_gin_configurable_shard_patterns(npy_corpus):
         gin.clear_config()
     got, _ = _targets("gin_corpus", split="validation")
     assert sorted(map(tuple, got)) == sorted(tuple(v.tolist()) for v in all_samples.values())
+
+
+def test_pydocs_vocabulary_decode_drops_padding():
+    import seqio
+    import tasks  # noqa: F401  (registers pydocs)
+    vocab = seqio.get_mixture_or_task("pydocs").output_features["targets"].vocabulary
+    ids = vocab.encode("The for statement")
+    assert vocab.decode([0] + ids + [0, 0]) == "The for statement"

@@ -129,6 +129,8 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     def _decode(self, ids) -> str:
         ids = [int(i) for i in ids]
+        if self._pad_is_special():  # seqio pads with 0; padding is never text
+            ids = [i for i in ids if i != 0]
         return self._load().decode(ids, skip_special_tokens=False)
 
     def decode_document(self, ids) -> str:
