@@ -1,15 +1,19 @@
-"""Multi-host for real: 2 processes on localhost (jax.distributed + gloo), 4 simulated CPU devices each."""
+"""Multi-host for real: 2 processes on localhost (jax.distributed + gloo), 4 simulated CPU devices each, the
+real tiny model, each process reading its own tar shards through `gpt_plugin.data.pipeline.get_dataset`."""
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
-from train_helpers import losses, run_train
+from train_helpers import (as_if_processes_dataset_fn, host_params, losses, register_shard_task, run_train,
+                           write_token_shards)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TASK = "multihost_test_shards"
 
 
 def _free_port():
@@ -19,14 +23,15 @@ def _free_port():
 
 
 def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
+  shards = write_token_shards(tmp_path / "shards", num_shards=4)
   model_dir = tmp_path / "mh"
   port = _free_port()
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE), env.get("PYTHONPATH", "")])
   env.pop("XLA_FLAGS", None)
   procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(i), "2", str(port),
-                             str(model_dir), str(tmp_path / f"out{i}.json")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+                             str(model_dir), str(tmp_path / f"out{i}.json"), TASK, *shards], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = []
   for p in procs:
     try:
@@ -41,15 +46,21 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
   assert [r["process_index"] for r in results] == [0, 1]
   assert all(r["local_devices"] == 4 for r in results)
 
-  ref = run_train(tmp_path / "ref", steps=7)  # single process, one device, all rows of every batch
+  # Single process, one device, reading what the two processes read together (process 0's shards 0 and 2 give
+  # the first half of every global batch, process 1's shards 1 and 3 the second half).
+  register_shard_task(TASK, shards)
+  ref = run_train(tmp_path / "ref", steps=7, task=TASK, dataset_fn=as_if_processes_dataset_fn(2))
   for r in results:
     np.testing.assert_allclose(r["losses"], losses(ref)[:5], rtol=1e-5, atol=1e-6)
 
-  # One consistent checkpoint (both processes' data positions inside); a single process restores it and
-  # continues exactly like the uninterrupted single-process run.
+  # One consistent checkpoint holding each process's own data position; a single process restores it (params,
+  # optimiser state, step) and, reading on from both positions, continues like the uninterrupted run.
   ck = model_dir / "checkpoint_5"
-  assert (ck / "data" / "process_0.json").exists() and (ck / "data" / "process_1.json").exists()
+  states = [json.load(open(ck / "data" / f"process_{i}.json")) for i in range(2)]
+  assert [(s["process_index"], s["process_count"], s["batches"]) for s in states] == [(0, 2, 5), (1, 2, 5)]
   assert not [p for p in os.listdir(model_dir) if "tmp" in p]
-  cont = run_train(model_dir, steps=7, num_devices=1)
+  cont = run_train(model_dir, steps=7, num_devices=1, task=TASK, dataset_fn=as_if_processes_dataset_fn(2, states))
   assert [h["step"] for h in cont["history"]] == [6, 7]
   np.testing.assert_allclose(losses(cont), losses(ref)[5:], rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), host_params(cont),
+               host_params(ref))

@@ -11,7 +11,8 @@ def test_quickstart_runs_a_few_steps(tmp_path):
   md = tmp_path / "qs"
   gin_flags.parse_gin(["runs/quickstart.gin"], [f"MODEL_DIR = '{md}'", "TRAIN_STEPS = 4", "BATCH_SIZE = 8",
                                                 "EVAL_PERIOD = 4", "EVAL_STEPS = 1", "LOG_PERIOD = 2",
-                                                "CHECKPOINT_PERIOD = 2", "MESH_SHAPE = (1, 1, 1)"])
+                                                "CHECKPOINT_PERIOD = 2", "MESH_SHAPE = (1, 1, 1)",
+                                                "train_lib.train.sample_length = 6"])
   try:
     res = train_lib.run_from_gin()
   finally:
@@ -20,3 +21,8 @@ def test_quickstart_runs_a_few_steps(tmp_path):
   assert len(losses) == 4 and np.all(np.isfinite(losses))
   assert res["evals"] and np.isfinite(res["evals"][0]["loss"])
   assert os.path.exists(md / "checkpoint_4") and os.path.exists(md / "config.gin")
+  # The quickstart prints a greedy sample of the final params for each prompt (prompt + continuation).
+  samples = res["samples"]
+  assert samples and len(samples) == 2, samples
+  assert samples[0].startswith("The Python ") and samples[1].startswith("def ")
+  assert all(len(t) > len(p) for t, p in zip(samples, ["The Python ", "def "])), samples

@@ -83,6 +83,26 @@ def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
   return " ".join(parts)
 
 
+def peak_memory_bytes(devices: Any = None) -> Optional[int]:
+  """Largest `peak_bytes_in_use` over this process's devices (`device.memory_stats()`; None where a backend has
+  no memory statistics, e.g. CPU)."""
+  peaks = []
+  for d in devices or jax.local_devices():
+    try:
+      stats = d.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def first_step_line(compile_time_s: float, peak_bytes: Optional[int]) -> str:
+  mem = (f"peak device memory {peak_bytes / 2 ** 30:.2f} GiB" if peak_bytes is not None
+         else "peak device memory n/a (no memory_stats on this backend)")
+  return f"compiled train step in {compile_time_s:.1f}s; after step 1: {mem}"
+
+
 def safe_exp(x: float) -> float:
   try:
     return math.exp(min(x, 50.0))

@@ -25,6 +25,43 @@ class NonFiniteLossError(RuntimeError):
   """Raised after `max_consecutive_bad_steps` non-finite steps in a row."""
 
 
+class InitParamsMismatchError(ValueError):
+  """`init_params_from` holds params whose names or shapes differ from the model's."""
+
+
+def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> Any:
+  """Params for a warm start: read with `gpt_plugin.convert.load_params` (a `convert` / `export_params` output
+  directory, its `params/` folder, a `.msgpack` file, a MODEL_DIR or one `checkpoint_<step>`), checked name by
+  name and shape by shape against the model, cast to the model's param dtypes and placed on `params_shardings`
+  (each process reads the file and keeps its own shards)."""
+  from gpt_plugin.convert import load_params  # pylint: disable=g-import-not-at-top
+  loaded, where = load_params(path)
+  found = checkpointing.params_shape_info(loaded)
+  expected = checkpointing.params_shape_info(abstract_params)
+  problems = checkpointing.compare_shapes(expected, found)
+  if problems:
+    shown = "\n  ".join(p.replace("in checkpoint", "in init_params_from").replace("checkpoint shape",
+                                                                                     "init_params_from shape")
+                        for p in problems)
+    raise InitParamsMismatchError(
+        f"init_params_from={path} ({where}) does not match the model ({len(problems)} problem(s)); use the model "
+        f"gin the params were trained with, or convert them first (python -m gpt_plugin.convert):\n  {shown}")
+  by_name = {n: a for n, a in _named_leaves(loaded)}
+  names = [n for n, _ in _named_leaves(abstract_params)]
+  treedef = jax.tree.structure(abstract_params)
+  out = []
+  for name, a, sh in zip(names, jax.tree.leaves(abstract_params), jax.tree.leaves(params_shardings)):
+    arr = np.asarray(by_name[name]).astype(a.dtype)
+    out.append(jax.make_array_from_callback(a.shape, sh, lambda idx, arr=arr: arr[idx]))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _named_leaves(tree):
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), leaf)
+          for path, leaf in flat]
+
+
 @dataclasses.dataclass
 class DatasetConfig:
   """Like T5X's utils.DatasetConfig. `batch_size` is GLOBAL (all processes together)."""
@@ -120,6 +157,7 @@ def train(
     optimizer_fn: Callable[..., Any] = optimizer_lib.adamw,
     learning_rate_fn: Optional[Callable[[Any], Any]] = None,
     num_microbatches: int = 1,
+    single_gradient_reduction: bool = True,
     random_seed: int = 0,
     mesh_fn: Callable[[], Any] = partitioning.create_mesh,
     logical_axis_rules: Optional[Sequence] = None,
@@ -139,6 +177,11 @@ def train(
     peak_flops_per_device: Optional[float] = None,
     dataset_fn: Optional[Callable[..., Any]] = None,
     export_params_at_end: bool = False,
+    init_params_from: Optional[str] = None,
+    sample_prompts: Optional[Sequence[str]] = None,
+    sample_length: int = 48,
+    sample_temperature: float = 0.0,
+    sample_seed: int = 0,
     write_summaries: bool = True,
     stop_at_step: Optional[int] = None,
     console: bool = True,
@@ -146,6 +189,13 @@ def train(
   """Trains `model` for `total_steps` steps (resuming from the latest checkpoint in `model_dir`).
 
   `stop_at_step` ends this invocation early (checkpointing there) without changing the schedule.
+  `init_params_from` (warm start): when `model_dir` has no checkpoint yet, the params come from this params-only
+  checkpoint (`python -m gpt_plugin.convert` / `checkpointing.export_params` output, see `load_init_params`)
+  instead of the random init; optimiser state, step and data start fresh. Ignored once `model_dir` holds a
+  checkpoint (resuming wins).
+  `sample_prompts`: at the end, continue each prompt by `sample_length` tokens from the final params with
+  `gpt_plugin.generate` (greedy when `sample_temperature` is 0, else temperature sampling seeded by
+  `sample_seed`) through the model's vocabulary, and print prompt + continuation (result key 'samples').
   Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step'}.
   """
   t_start = time.time()
@@ -208,6 +258,14 @@ def train(
   else:
     with partitioner.context():
       state = jax.jit(init_state, out_shardings=state_sh)(init_key, train_key)
+    if init_params_from:
+      params = load_init_params(init_params_from, abstract_state.params, params_sh)
+      with partitioner.context():  # fresh optimiser state for the loaded params
+        opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
+      state = state.replace(params=params, opt_state=opt_state)
+      logging.info("Initialised params from %s", init_params_from)
+      if console and jax.process_index() == 0:
+        print(f"initialised params from {init_params_from}", flush=True)
 
   if jax.process_index() == 0:
     os.makedirs(model_dir, exist_ok=True)
@@ -227,7 +285,8 @@ def train(
   # ---- jitted steps ----
   step_fn = train_step_lib.make_train_step(
       model, tx, learning_rate_fn, num_microbatches=num_microbatches, dynamic_loss_scale=dynamic_loss_scale,
-      growth_interval=loss_scale_growth_interval, params_shardings=params_sh)
+      growth_interval=loss_scale_growth_interval, params_shardings=params_sh, logical_axis_rules=rules,
+      single_reduction=single_gradient_reduction)
   batch_sh = partitioner.batch_sharding(2)
   jit_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioner.replicated),
                      donate_argnums=(0,))
@@ -343,8 +402,23 @@ def train(
         print(metrics_lib.progress_line(step_no, total_steps, scal), flush=True)
       interval.update(loss_sum=0.0, tok=0.0, proc_tok=0.0, steps=0, t0=now, skipped=0)
 
-  if start_step == 0 and train_eval_dataset_cfg is not None and eval_period:
-    pass  # first eval happens at the first eval_period boundary
+  # The train step is compiled ahead of time once per batch shape (staged warmup adds a second shape), so the
+  # compile time can be reported; it runs exactly the program `jit_step` would.
+  compiled_steps: Dict[Any, Any] = {}
+  compile_info: Dict[str, float] = {}
+  first_step_reported = False
+
+  def run_step(st, gb):
+    key = tuple(sorted((k, tuple(v.shape)) for k, v in gb.items()))
+    fn = compiled_steps.get(key)
+    if fn is None:
+      t0 = time.time()
+      fn = jit_step.lower(st, gb).compile()
+      compiled_steps[key] = fn
+      compile_info.setdefault("compile_time_s", time.time() - t0)
+      logging.info("compiled the train step for %s in %.1fs", key, time.time() - t0)
+    return fn(st, gb)
+
   step = start_step
   try:
     with partitioner.context():
@@ -358,8 +432,15 @@ def train(
           batch = reshape_for_context(batch, warmup_train_context)
         proc_tok = float(np.prod(np.shape(batch["decoder_target_tokens"]))) * jax.process_count()
         gbatch = _to_global(batch, partitioner)
-        state, dev_metrics = jit_step(state, gbatch)
+        state, dev_metrics = run_step(state, gbatch)
         step += 1
+        if not first_step_reported:
+          first_step_reported = True
+          jax.block_until_ready(dev_metrics)
+          peak_mem = metrics_lib.peak_memory_bytes()
+          compile_info.update(peak_memory_bytes=peak_mem)
+          if console and jax.process_index() == 0:
+            print(metrics_lib.first_step_line(compile_info.get("compile_time_s", 0.0), peak_mem), flush=True)
         if pending is not None:
           consume(pending)
         pending = (step, dev_metrics, proc_tok)
@@ -394,9 +475,48 @@ def train(
     if console:
       print(f"exported params to {out}", flush=True)
   ckpt.close()
+  samples = None
+  if sample_prompts:
+    samples = sample_text(model, state.params, sample_prompts, sample_length, sample_temperature, sample_seed,
+                          console=console)
   if console and jax.process_index() == 0:
     print(f"done: step {step}, {time.time() - t_start:.1f}s, checkpoint {model_dir}/checkpoint_{step}", flush=True)
-  return {"state": state, "history": history, "evals": evals, "step": step}
+  return {"state": state, "history": history, "evals": evals, "step": step, "samples": samples,
+          "compile_time_s": compile_info.get("compile_time_s"), "peak_memory_bytes": compile_info.get(
+              "peak_memory_bytes")}
+
+
+def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 48, temperature: float = 0.0,
+                seed: int = 0, console: bool = True) -> Optional[List[str]]:
+  """prompt + continuation for each prompt (decoded with `gpt_plugin.generate` through `model.vocabulary`).
+
+  Returns None (with a warning) where it can't run: several processes (params not on one host), no
+  vocabulary, or the generation API failing; training results are never lost to sampling."""
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  if jax.process_count() > 1:
+    logging.warning("sample_prompts: sampling is skipped in multi-process runs; use python -m gpt_plugin.infer")
+    return None
+  try:
+    from gpt_plugin import generate  # pylint: disable=g-import-not-at-top
+    gen = generate.Generator(model, params)
+    kwargs = dict(max_new_tokens=int(length))
+    if temperature and temperature > 0:
+      kwargs.update(sample=True, temperature=float(temperature), sample_rng=jax.random.PRNGKey(int(seed)))
+    t0 = time.time()
+    conts = gen.generate_text(list(prompts), **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("sample_prompts: sampling failed: %s: %s", type(e).__name__, e)
+    if console:
+      print(f"sampling failed: {type(e).__name__}: {e}", flush=True)
+    return None
+  texts = [p + c for p, c in zip(prompts, conts)]
+  if console:
+    how = "greedy" if not temperature or temperature <= 0 else f"temperature {temperature}, seed {seed}"
+    for i, t in enumerate(texts):
+      print(f"--- sample {i + 1}/{len(texts)} ({how}, {length} new tokens, {time.time() - t0:.1f}s) ---\n{t}",
+            flush=True)
+  return texts
 
 
 def run_from_gin() -> Dict[str, Any]:

@@ -4,16 +4,26 @@ One jitted train step (in/out shardings, donated state):
   * the global batch is split into `num_microbatches` microbatches (`lax.scan`); each microbatch contributes its
     token-weighted loss *sum* and gradient of that sum; after the loop there is exactly one division by the
     total token weight, so 4 x 2 == 1 x 8 up to float rounding, also with unequal token counts per microbatch;
-  * the gradient is reduced across data-parallel devices by the SPMD partitioner on the accumulated sum;
+  * single gradient reduction: with several microbatches on a data-parallel mesh the loop runs inside
+    `jax.shard_map`, manual over the batch mesh axes `(data, fsdp)` (`tensor` stays automatic, so tensor
+    parallelism inside the model is unchanged): every device accumulates the gradient of its own rows locally,
+    and after the loop one `psum` (params replicated over that axis) or `psum_scatter` (params sharded over it,
+    FSDP) per gradient leaf reduces across devices. Left to the SPMD partitioner, XLA would all-reduce every
+    microbatch's gradient inside the loop. Cost: under FSDP the params are all-gathered once per step and the
+    local accumulator is a full-size (tensor-sharded) copy, i.e. ZeRO-2-like memory during the step;
+    `single_reduction=False` keeps the ZeRO-3 layout (then the reduction sits in the loop). With one
+    microbatch there is no loop and the partitioner's reduction already happens once;
   * a non-finite loss or gradient norm leaves params and optimiser state untouched (the step counter and the
     data position still advance) and increments `bad_steps` (consecutive count; reset by a good step);
   * optional dynamic loss scaling (fp16): scale halves on overflow, doubles after `growth_interval` good steps.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax
+import flax.linen as nn
+from flax.linen import partitioning as flax_partitioning
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,10 +82,64 @@ def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) ->
   return {k: split(v) for k, v in batch.items()}
 
 
+def _strip_axes(rules: Sequence[Tuple[str, Any]], drop: Sequence[str]) -> Tuple[Tuple[str, Any], ...]:
+  """Logical axis rules with the mesh axes in `drop` removed (inside a region that is manual over them)."""
+  out = []
+  for name, axes in rules:
+    if axes is None:
+      out.append((name, None))
+      continue
+    kept = tuple(a for a in ((axes,) if isinstance(axes, str) else tuple(axes)) if a not in drop)
+    out.append((name, None if not kept else (kept[0] if len(kept) == 1 else kept)))
+  return tuple(out)
+
+
+def _manual_axes_of(spec: P, manual: Sequence[str]) -> list:
+  """Per dimension of `spec`: the tuple of `manual` mesh axes it is sharded over (possibly empty)."""
+  dims = []
+  for entry in tuple(spec):
+    axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+    dims.append(tuple(a for a in axes if a in manual))
+  return dims
+
+
+def _reduce_grad(g: jax.Array, spec: P, manual: Sequence[str]) -> jax.Array:
+  """The one cross-device reduction of a locally accumulated gradient: reduce-scatter over the manual axes the
+  param is sharded over (FSDP), all-reduce over the others."""
+  dims = _manual_axes_of(spec, manual)
+  sharded = {a for d in dims for a in d}
+  rest = tuple(a for a in manual if a not in sharded)
+  if rest:
+    g = jax.lax.psum(g, rest)
+  for k, axes in enumerate(dims):
+    if axes:
+      g = jax.lax.psum_scatter(g, axes if len(axes) > 1 else axes[0], scatter_dimension=k, tiled=True)
+  return g
+
+
+def _out_spec(spec: P, manual: Sequence[str]) -> P:
+  return P(*[(d if len(d) > 1 else d[0]) if d else None for d in _manual_axes_of(spec, manual)])
+
+
 def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_fn: Callable[[Any], Any],
                     num_microbatches: int = 1, dynamic_loss_scale: bool = False, growth_interval: int = 2000,
-                    params_shardings: Any = None, weight_key: str = "decoder_loss_weights"):
-  """Returns `train_step(state, batch) -> (new_state, metrics)` (not yet jitted)."""
+                    params_shardings: Any = None, weight_key: str = "decoder_loss_weights",
+                    logical_axis_rules: Optional[Sequence[Tuple[str, Any]]] = None, single_reduction: bool = True):
+  """Returns `train_step(state, batch) -> (new_state, metrics)` (not yet jitted).
+
+  `single_reduction` (with `num_microbatches > 1`, `params_shardings` given and a data-parallel mesh): run the
+  microbatch loop under `shard_map` over the batch axes and reduce the gradients once after it (see the
+  module docstring). `logical_axis_rules` are the rules the step is traced under (default: flax's current).
+  """
+  mesh = None
+  if params_shardings is not None:
+    leaves = [s for s in jax.tree.leaves(params_shardings, is_leaf=lambda x: hasattr(x, "mesh"))
+              if hasattr(s, "mesh")]
+    mesh = leaves[0].mesh if leaves else None
+  manual = tuple(partitioning.BATCH_AXES)
+  use_shard_map = bool(single_reduction and num_microbatches > 1 and mesh is not None
+                       and all(a in mesh.shape for a in manual)
+                       and int(np.prod([mesh.shape[a] for a in manual])) > 1)
 
   def microbatch_value_and_grad(params, mb, rng, scale):
     def scaled_sum(p):
@@ -86,12 +150,51 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
     (_, aux), grads = jax.value_and_grad(scaled_sum, has_aux=True)(params)
     return grads, aux
 
+  def accumulate_single_reduction(params, batch, step_key, scale):
+    rules = logical_axis_rules
+    if rules is None:
+      rules = nn.spmd.get_logical_axis_rules()
+    inner_rules = _strip_axes(rules, manual)
+    specs = jax.tree.map(lambda s: s.spec, params_shardings, is_leaf=lambda x: hasattr(x, "spec"))
+    is_spec = lambda x: isinstance(x, P)
+
+    def local(params, batch, key_data, scale):
+      # Per device: its own rows [b_local, ...] -> microbatches [M, b_local / M, ...]; nothing leaves the device
+      # until the loop is done.
+      key = jax.random.fold_in(jax.random.wrap_key_data(key_data), jax.lax.axis_index(manual))
+      mbs = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches)
+                                                           + x.shape[1:]), 0, 1), dict(batch))
+      with nn.logical_axis_rules(inner_rules), flax_partitioning.axis_rules(inner_rules):
+        first = jax.tree.map(lambda x: x[0], mbs)
+        g_shape, aux_shape = jax.eval_shape(microbatch_value_and_grad, params, first, key, scale)
+
+        def body(carry, xs):
+          mb, i = xs
+          g, aux = microbatch_value_and_grad(params, mb, jax.random.fold_in(key, i), scale)
+          return (_tree_add(carry[0], g), _tree_add(carry[1], aux)), None
+
+        carry0 = (_zeros_like_shapes(g_shape), _zeros_like_shapes(aux_shape))
+        (g, aux), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
+      # The single reduction.
+      g = jax.tree.map(lambda x, sp: _reduce_grad(x, sp, manual), g, specs, is_leaf=None)
+      aux = jax.tree.map(lambda x: jax.lax.psum(x, manual), aux)
+      return g, aux
+
+    grad_out_specs = jax.tree.map(lambda sp: _out_spec(sp, manual), specs, is_leaf=is_spec)
+    batch_specs = jax.tree.map(lambda x: P(manual, *([None] * (x.ndim - 1))), dict(batch))
+    fn = jax.shard_map(local, mesh=mesh, axis_names=frozenset(manual), check_vma=False,
+                       in_specs=(jax.tree.map(lambda _: P(), specs, is_leaf=is_spec), batch_specs, P(), P()),
+                       out_specs=(grad_out_specs, P()))
+    return fn(params, dict(batch), jax.random.key_data(step_key), scale)
+
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
     base_key = jax.random.wrap_key_data(state.rng)
     step_key = jax.random.fold_in(base_key, state.step)
     scale = state.loss_scale
     if num_microbatches <= 1:
       grads, (loss_sum, w, metrics) = microbatch_value_and_grad(state.params, batch, step_key, scale)
+    elif use_shard_map:
+      grads, (loss_sum, w, metrics) = accumulate_single_reduction(state.params, batch, step_key, scale)
     else:
       mbs = split_microbatches(batch, num_microbatches)
       first = jax.tree.map(lambda x: x[0], mbs)
