@@ -10,7 +10,11 @@ import flax
 import flax.core
 import jax
 import jax.numpy as jnp
-import seqio
+
+try:  # seqio (and tensorflow) are only needed for data; the model runs without them (e.g. on a bare GPU host).
+  import seqio
+except ImportError:  # pragma: no cover
+  seqio = None
 
 from gpt_plugin import losses
 from gpt_plugin.metrics_lib import Sum, weighted_average
@@ -36,12 +40,12 @@ class DecoderOnlyLM:
     loss_normalizing_factor: None -> mean over weighted target tokens of the batch; a number -> sum / number.
   """
 
-  FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter
+  FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter if seqio is not None else None
 
-  def __init__(self, module, vocabulary: Optional[seqio.Vocabulary] = None, optimizer_def: Any = None,
+  def __init__(self, module, vocabulary: Optional["seqio.Vocabulary"] = None, optimizer_def: Any = None,
                decode_fn: Optional[Callable] = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
                loss_normalizing_factor: Optional[float] = None,
-               feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None):
+               feature_converter_cls: Optional[Callable[..., "seqio.FeatureConverter"]] = None):
     self.module = module
     self.vocabulary = vocabulary
     self.optimizer_def = optimizer_def
