@@ -14,7 +14,7 @@ Configurations (all ALiBi, parallel blocks, bf16 compute, fp32 params and AdamW 
 | gpt_355m    | 24     | 1024 | 16    | 2048 | 8 x devices          |
 | gpt_1_3b    | 24     | 2048 | 16    | 2048 | 4 x devices          |
 
-The model is built through gin exactly like a training run (`models/gpt_common.gin` + the sizes above + the
+The model is built through gin exactly like a training run (`models/gpt_architecture.gin` + the sizes above + the
 switches), so any `network.GPTConfig` field can be changed with `--gin_bindings` / `--gin_file` (e.g.
 `features/flash_alibi.gin`); `--attention_impl`, `--remat`, `--scan` are shorthands for the common ones.
 The step is `gpt_plugin.training.train_step.make_train_step` (the trainer's, incl. clipping, AdamW, the
@@ -81,7 +81,7 @@ def parse_args(argv=None):
 
 
 def build_config(cfg: dict, args) -> "network.GPTConfig":
-  """GPTConfig through gin: models/gpt_common.gin + sizes + switches + user gin."""
+  """GPTConfig through gin: models/gpt_architecture.gin (no seqio needed) + sizes + switches + user gin."""
   import gin
   import jax
   from gpt_plugin import network
@@ -97,7 +97,7 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   ]
   if attn != "xla":
     bindings.append("network.GPTConfig.attention_dropout_rate = 0.0")
-  gin_flags.parse_gin(["models/gpt_common.gin"] + list(args.gin_file), bindings + list(args.gin_bindings),
+  gin_flags.parse_gin(["models/gpt_architecture.gin"] + list(args.gin_file), bindings + list(args.gin_bindings),
                       finalize=False)
   try:
     return gin.get_configurable(network.GPTConfig)()
@@ -109,12 +109,11 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import seqio
   from gpt_plugin import models, network, partitioning
   from gpt_plugin.training import metrics, optimizer, train_step
 
   config = build_config(cfg, args)
-  model = models.DecoderOnlyLM(network.GPTDecoder(config), vocabulary=seqio.PassThroughVocabulary(config.vocab_size))
+  model = models.DecoderOnlyLM(network.GPTDecoder(config))  # no vocabulary: random token ids
   n_dev = jax.device_count()
   shape = tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (-1, 1, 1)
   rules = [] if args.partitioning == "data_parallel" else [("embed", "fsdp"), ("vocab", "fsdp"), ("mlp", "fsdp"),
