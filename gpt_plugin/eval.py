@@ -29,11 +29,11 @@ def main(argv):
   except Exception:  # pylint: disable=broad-except
     pass
   import gin  # pylint: disable=g-import-not-at-top
-  from gpt_plugin.inference import checkpoint_lib, eval_lib  # pylint: disable=g-import-not-at-top
+  from gpt_plugin.inference import eval_lib  # pylint: disable=g-import-not-at-top
   try:
     gin_flags.parse_from_flags()
     gin.get_configurable(eval_lib.evaluate)()
-  except (ValueError, FileNotFoundError, checkpoint_lib.CheckpointMismatchError) as e:
+  except (ValueError, FileNotFoundError) as e:  # ParamsMismatchError is a ValueError
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 

@@ -43,7 +43,7 @@ def main(argv):
     pass
   F = flags.FLAGS
   import gin  # pylint: disable=g-import-not-at-top
-  from gpt_plugin.inference import checkpoint_lib, infer_lib  # pylint: disable=g-import-not-at-top
+  from gpt_plugin.inference import infer_lib  # pylint: disable=g-import-not-at-top
   try:
     gin_flags.parse_from_flags()
     if F.prompt:
@@ -52,7 +52,7 @@ def main(argv):
           sample=not F.greedy, num_samples=F.num_samples, seed=F.seed)
     else:
       gin.get_configurable(infer_lib.infer)()
-  except (ValueError, FileNotFoundError, checkpoint_lib.CheckpointMismatchError) as e:
+  except (ValueError, FileNotFoundError) as e:  # ParamsMismatchError is a ValueError
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 

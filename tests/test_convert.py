@@ -23,7 +23,8 @@ TINY = GPTConfig(vocab_size=256, emb_dim=32, num_heads=8, num_layers=3, block_ty
 def load_config(preset):
   gin.clear_config()
   gin.add_config_file_search_path(str(GIN_DIR))
-  gin.parse_config_files_and_bindings([str(GIN_DIR / "models" / f"{preset}.gin")], [])
+  gin.parse_config_files_and_bindings([str(GIN_DIR / "models" / f"{preset}.gin")], [],
+                                      finalize_config=False)  # a locked config breaks later gin imports
   return gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
 
 

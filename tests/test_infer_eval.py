@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_plugin import generate, models
-from gpt_plugin.inference import checkpoint_lib, eval_lib, infer_lib
+from gpt_plugin import generate, models, params_io
+from gpt_plugin.inference import eval_lib, infer_lib
 from gpt_plugin.network import GPTConfig, GPTDecoder
 from gpt_plugin.training import checkpointing, gin_flags, train_step
 
@@ -61,24 +61,24 @@ def trained(tmp_path_factory):
 def test_load_params_from_training_dir_step_dir_and_export(trained, tmp_path):
   model, params = trained["model"], trained["params"]
   for path in (trained["root"] / "alibi", trained["root"] / "alibi" / "checkpoint_3"):
-    got = checkpoint_lib.load_params(str(path), model)
+    got = params_io.load_model_params(str(path), model)
     jax.tree.map(np.testing.assert_array_equal, got, params)
   export = checkpointing.export_params(str(trained["root"] / "alibi"), str(tmp_path / "export"))
   for path in (export, os.path.join(export, "params.msgpack")):
-    got = checkpoint_lib.load_params(path, model)
+    got = params_io.load_model_params(path, model)
     jax.tree.map(np.testing.assert_array_equal, got, params)
 
 
 def test_checkpoint_errors_name_the_path(trained):
   missing = str(trained["root"] / "nope")
   with pytest.raises(FileNotFoundError, match="nope"):
-    checkpoint_lib.load_params(missing, trained["model"])
+    params_io.load_model_params(missing, trained["model"])
   other = make_model(emb_dim=48)
   path = str(trained["root"] / "alibi")
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"alibi.*holds another model"):
-    checkpoint_lib.load_params(path, other)
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="position_embedder"):
-    checkpoint_lib.load_params(str(trained["root"] / "learned"), trained["model"])
+  with pytest.raises(params_io.ParamsMismatchError, match=r"alibi.*holds another model"):
+    params_io.load_model_params(path, other)
+  with pytest.raises(params_io.ParamsMismatchError, match="position_embedder"):
+    params_io.load_model_params(str(trained["root"] / "learned"), trained["model"])
 
 
 def test_infer_from_text_file_and_jsonl(trained, tmp_path):

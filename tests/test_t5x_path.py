@@ -26,8 +26,8 @@ try:
 except Exception as e:  # pylint: disable=broad-except
   pytest.skip(f"t5x is present but does not import: {e}", allow_module_level=True)
 
-from gpt_plugin import decoding, generate, models  # noqa: E402
-from gpt_plugin.inference import checkpoint_lib, t5x_compat  # noqa: E402
+from gpt_plugin import decoding, generate, models, params_io  # noqa: E402
+from gpt_plugin.inference import t5x_compat  # noqa: E402
 from gpt_plugin.network import GPTConfig, GPTDecoder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,10 +141,10 @@ def test_t5x_train_infer_and_checkpoints_both_ways(tmp_path):
   import tasks  # pylint: disable=import-outside-toplevel
   module = GPTDecoder(GPTConfig(vocab_size=8192, emb_dim=32, num_heads=4, num_layers=2))
   ours = models.DecoderOnlyLM(module, vocabulary=tasks.pydocs_vocabulary())
-  params = checkpoint_lib.load_params(str(model_dir), ours)
+  params = params_io.load_model_params(str(model_dir), ours)
   # Ours -> T5X layout -> t5x.infer.
   step_dir = t5x_compat.to_t5x_checkpoint(str(model_dir / "checkpoint_4"), str(tmp_path / "roundtrip"), step=7)
-  jax.tree.map(np.testing.assert_array_equal, checkpoint_lib.load_params(step_dir, ours), params)
+  jax.tree.map(np.testing.assert_array_equal, params_io.load_model_params(step_dir, ours), params)
   _run(["-m", "t5x.infer"] + infer_common + [f"--gin.CHECKPOINT_PATH='{step_dir}'",
                                              f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ours'}'"])
   assert (tmp_path / "ours" / "pydocs_prompts-predict.jsonl-00000-of-00001").exists()

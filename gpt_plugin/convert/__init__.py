@@ -6,17 +6,19 @@ writer); its API is re-exported here.
 
 Modules:
   littlegpt        name / shape mapping Little-GPT state dict <-> our param tree (both layer layouts)
-  params_io        params-only checkpoints (orbax `OUT/params/`), reading MODEL_DIR checkpoints
   depth_expansion  Gopher-style warm start of a deeper model (new block i <- old block floor(i*old/new))
   averaging        mean of the last k checkpoints of a MODEL_DIR
+Reading and writing params (OUT/params, MODEL_DIR and T5X checkpoints, .msgpack) and checking them against a model
+live in `gpt_plugin.params_io` (shared with the inference runners); `load_params` / `save_params` are re-exported.
 """
+from gpt_plugin import params_io  # noqa: F401  (`from gpt_plugin.convert import params_io` keeps working)
 from gpt_plugin.convert.averaging import average_checkpoints, average_trees
 from gpt_plugin.convert.depth_expansion import depth_map, expand_depth, inverse_map
 from gpt_plugin.convert.littlegpt import (LITTLEGPT_VOCAB_SIZE, ConversionError, check_params, from_torch,
                                           infer_config, to_torch)
-from gpt_plugin.convert.params_io import load_params, save_params
 from gpt_plugin.torch_archive import (TorchFileCorruptError, TorchFileError, UnsafePickleError, load_pth,
                                       read_state_dict, save_pth)
+from gpt_plugin.params_io import load_params, save_params
 
 __all__ = [
     "LITTLEGPT_VOCAB_SIZE", "ConversionError", "TorchFileCorruptError", "TorchFileError", "UnsafePickleError", "average_checkpoints",

@@ -52,7 +52,8 @@ def _info(cfg, **extra) -> dict:
 
 def cmd_from_torch(args) -> None:
   from gpt_plugin import torch_archive  # pylint: disable=import-outside-toplevel
-  from gpt_plugin.convert import littlegpt, params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin.convert import littlegpt  # pylint: disable=import-outside-toplevel
   key = None if args.state_dict_key == "none" else args.state_dict_key
   sd = torch_archive.read_state_dict(args.input, key=key)
   sd = littlegpt.strip_wrappers(sd)
@@ -75,7 +76,8 @@ def cmd_from_torch(args) -> None:
 
 def cmd_to_torch(args) -> None:
   from gpt_plugin import torch_archive  # pylint: disable=import-outside-toplevel
-  from gpt_plugin.convert import littlegpt, params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin.convert import littlegpt  # pylint: disable=import-outside-toplevel
   params, where = params_io.load_params(args.input, step=args.step)
   info = params_io.read_info(args.input) or params_io.read_info(where)
   cfg = _config(args, info)
@@ -95,7 +97,8 @@ def cmd_to_torch(args) -> None:
 
 
 def cmd_expand_depth(args) -> None:
-  from gpt_plugin.convert import depth_expansion, littlegpt, params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin.convert import depth_expansion, littlegpt  # pylint: disable=import-outside-toplevel
   params, where = params_io.load_params(args.input, step=args.step)
   info = params_io.read_info(args.input) or params_io.read_info(where)
   old = len(littlegpt.layer_list(params))
@@ -122,7 +125,8 @@ def cmd_expand_depth(args) -> None:
 
 
 def cmd_average(args) -> None:
-  from gpt_plugin.convert import averaging, params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
+  from gpt_plugin.convert import averaging  # pylint: disable=import-outside-toplevel
   params, steps = averaging.average_checkpoints(args.model_dir, last=args.last, steps=args.steps)
   cfg = _config(args, None, required=False)
   if cfg is not None:

@@ -7,23 +7,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from gpt_plugin.convert import params_io
-from gpt_plugin.convert.littlegpt import flatten, unflatten
+from gpt_plugin import params_io
+from gpt_plugin.params_io import flatten, unflatten
 
 
 def average_trees(trees: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-  """Element-wise mean of param trees with identical structure and shapes (ValueError naming differences)."""
+  """Element-wise mean of param trees with identical structure and shapes (ParamsMismatchError, a ValueError,
+  listing the differences)."""
   if not trees:
     raise ValueError("average_trees: nothing to average")
   flats = [flatten(t) for t in trees]
-  keys = set(flats[0])
   for i, f in enumerate(flats[1:], 1):
-    if set(f) != keys:
-      diff = sorted(keys ^ set(f))
-      raise ValueError(f"checkpoint {i} has a different param tree; differing entries: {diff[:10]}")
-    bad = [k for k in keys if np.shape(f[k]) != np.shape(flats[0][k])]
-    if bad:
-      raise ValueError(f"checkpoint {i} has different shapes for: {sorted(bad)[:10]}")
+    _check_same(flats[0], f, f"tree {i}", "tree 0")
   out = {}
   for k in flats[0]:
     acc = np.zeros(np.shape(flats[0][k]), np.float64)
@@ -31,6 +26,14 @@ def average_trees(trees: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
       acc += np.asarray(f[k], np.float64)
     out[k] = (acc / len(flats)).astype(np.asarray(flats[0][k]).dtype)
   return unflatten(out)
+
+
+def _check_same(reference: Mapping[str, Any], flat: Mapping[str, Any], what: str, reference_name: str) -> None:
+  problems = params_io.compare_param_shapes(params_io.param_shapes(reference), params_io.param_shapes(flat),
+                                            reference=reference_name)
+  if problems:
+    raise params_io.ParamsMismatchError(params_io.mismatch_message(
+        f"{what} has a different param tree or shapes than {reference_name}", problems))
 
 
 def select_steps(model_dir: str, last: int, steps: Optional[Sequence[int]] = None) -> List[int]:
@@ -62,9 +65,7 @@ def average_checkpoints(model_dir: str, last: int = 4, steps: Optional[Sequence[
       acc = {k: np.asarray(v, np.float64).copy() for k, v in flat.items()}
       dtypes = {k: np.asarray(v).dtype for k, v in flat.items()}
       continue
-    if set(flat) != set(acc) or any(np.shape(flat[k]) != acc[k].shape for k in acc):
-      raise ValueError(f"checkpoint_{s} in {model_dir} has a different param tree or shapes than checkpoint_"
-                       f"{chosen[0]}")
+    _check_same(acc, flat, f"checkpoint_{s} in {model_dir}", f"checkpoint_{chosen[0]}")
     for k in acc:
       acc[k] += np.asarray(flat[k], np.float64)
   return unflatten({k: (v / len(chosen)).astype(dtypes[k]) for k, v in acc.items()}), chosen

@@ -27,12 +27,13 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from gpt_plugin import params_io
 from gpt_plugin.layers.alibi import alibi_slopes
-from gpt_plugin.network import GPTConfig, GPTDecoder
+from gpt_plugin.network import GPTConfig
+from gpt_plugin.params_io import abstract_params, flatten, unflatten  # noqa: F401  (re-exported)
 
 LITTLEGPT_VOCAB_SIZE = 50257  # GPT-2 BPE, Little-GPT's embedding rows
 LITTLEGPT_NUM_CTX = 512       # the size of Little-GPT's `attn.mask` buffer for the * models
@@ -40,62 +41,18 @@ _PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate wrapper, torch.compile
 _QKV = ("query", "key", "value")  # index 0/1/2 of our `stack` axis
 
 
-class ConversionError(ValueError):
+class ConversionError(params_io.ParamsMismatchError):
   """The checkpoint does not match the model: lists every missing, unexpected or mis-shaped entry."""
 
 
 def _fail(title: str, problems):
-  shown = "\n  ".join(problems)
-  raise ConversionError(f"{title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  {shown}")
+  raise ConversionError(params_io.mismatch_message(title, problems))
 
 
 # ------------------------------------------------------------------------------------------ our side
-def abstract_params(config: GPTConfig) -> Dict[str, Any]:
-  """The model's param tree as ShapeDtypeStructs (nothing allocated)."""
-  module = GPTDecoder(config)
-  tokens = jnp.ones((1, 4), jnp.int32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, enable_dropout=False))
-  return shapes["params"]
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, Mapping):
-      out.update(flatten(v, name + "/"))
-    else:
-      out[name] = v
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for name, v in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
-
-
 def check_params(params: Mapping[str, Any], config: GPTConfig, what: str = "params") -> None:
   """Raises ConversionError listing params missing from / unexpected in / mis-shaped for `config`'s model."""
-  expected = {k: tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
-  found = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
-  problems = []
-  for k in sorted(set(expected) | set(found)):
-    if k not in found:
-      problems.append(f"missing: {k} (model shape {expected[k]})")
-    elif k not in expected:
-      problems.append(f"unexpected: {k} (shape {found[k]})")
-    elif expected[k] != found[k]:
-      problems.append(f"wrong shape: {k}: {found[k]}, model expects {expected[k]}")
-  if problems:
-    _fail(f"{what} do not match the model (num_layers={config.num_layers}, emb_dim={config.emb_dim}, "
-          f"num_heads={config.num_heads}, vocab_size={config.vocab_size}, scan_layers={config.scan_layers})",
-          problems)
+  params_io.check_params_against(config, params, what=what, error=ConversionError)
 
 
 def is_scanned(params: Mapping[str, Any]) -> bool:

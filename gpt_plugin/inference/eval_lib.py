@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_plugin.inference import checkpoint_lib
+from gpt_plugin import params_io
 
 
 def token_stream_from_task(name: str, split: str = "validation", max_tokens: Optional[int] = None) -> np.ndarray:
@@ -144,7 +144,7 @@ def evaluate(*, model: Any, checkpoint_path: str, train_length: int, output_dir:
     raise ValueError(f"context lengths {contexts} must be >= 2")
   vocab = getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
   if params is None:
-    params = checkpoint_lib.load_params(checkpoint_path, model)
+    params = params_io.load_model_params(checkpoint_path, model)
   if input_file:
     if vocab is None:
       raise ValueError("input_file needs a vocabulary on the model to tokenize the text")

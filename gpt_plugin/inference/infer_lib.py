@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_plugin.inference import checkpoint_lib
+from gpt_plugin import params_io
 
 
 @dataclasses.dataclass
@@ -181,7 +181,7 @@ def infer(*, model: Any, checkpoint_path: str, output_dir: str, mode: str = "pre
                      f"(continuation) lengths")
   total = int(lengths["inputs"]) + int(lengths["targets"])
   vocab = _vocab(model)
-  params = checkpoint_lib.load_params(checkpoint_path, model)
+  params = params_io.load_model_params(checkpoint_path, model)
   if input_file:
     prompts = prompts_from_file(input_file, vocab, int(lengths["inputs"]), max_examples)
     name = output_name or os.path.splitext(os.path.basename(input_file))[0]
@@ -231,7 +231,7 @@ def interactive(prompts: Sequence[str], *, model: Any, checkpoint_path: str, max
                 sample: bool = True, num_samples: int = 1, seed: int = 0, print_fn=print) -> List[List[str]]:
   """Text in, text out for people: prints each prompt followed by its continuation(s)."""
   from gpt_plugin import generate  # pylint: disable=import-outside-toplevel
-  params = checkpoint_lib.load_params(checkpoint_path, model)
+  params = params_io.load_model_params(checkpoint_path, model)
   gen = generate.Generator(model, params)
   results = []
   for i, prompt in enumerate(prompts):

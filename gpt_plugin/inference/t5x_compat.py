@@ -1,6 +1,6 @@
 r"""Checkpoints across the two runners.
 
-* T5X -> ours: nothing to do. `checkpoint_lib.load_params` reads T5X's orbax `checkpoint_<step>/state` (params
+* T5X -> ours: nothing to do. `gpt_plugin.params_io.load_params` reads T5X's orbax `checkpoint_<step>/state` (params
   under `target`), so `python -m gpt_plugin.infer/eval --gin.CHECKPOINT_PATH=\"<t5x MODEL_DIR>\"` works.
 * ours -> T5X: `to_t5x_checkpoint` writes the params of a gpt_plugin checkpoint (training dir, step dir or
   export) in T5X's layout, `<output_dir>/checkpoint_<step>/state` = {'target': params, 'state': {'step': step}}
@@ -18,10 +18,9 @@ import os
 import re
 from typing import Optional
 
-import jax
 import numpy as np
 
-from gpt_plugin.inference import checkpoint_lib
+from gpt_plugin import params_io
 
 
 def _step_of(path: str) -> int:
@@ -32,18 +31,11 @@ def _step_of(path: str) -> int:
 def to_t5x_checkpoint(checkpoint_path: str, output_dir: str, step: Optional[int] = None) -> str:
   """Writes a T5X-layout checkpoint with the params of `checkpoint_path`; returns the step directory."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  kind, path = checkpoint_lib.resolve_checkpoint(checkpoint_path)
-  if kind == "msgpack":
-    from flax import serialization  # pylint: disable=import-outside-toplevel
-    with open(path, "rb") as f:
-      tree = serialization.msgpack_restore(f.read())
-  else:
-    tree = checkpoint_lib._restore_pytree(path)  # pylint: disable=protected-access
-  params = checkpoint_lib._params_from_tree(tree)  # pylint: disable=protected-access
+  params, path = params_io.load_params(checkpoint_path)  # numpy; only the params of a train state are read
   if step is None:
-    step = int(np.asarray(tree["step"])) if isinstance(tree, dict) and "step" in tree else _step_of(path)
+    step = _step_of(path)
   step_dir = os.path.join(os.path.abspath(output_dir), f"checkpoint_{step}")
-  state = {"target": jax.tree.map(np.asarray, params), "state": {"step": np.asarray(step, np.int32)}}
+  state = {"target": params, "state": {"step": np.asarray(step, np.int32)}}
   ckptr = ocp.PyTreeCheckpointer(use_ocdbt=True)
   ckptr.save(os.path.join(step_dir, "state"), state, force=True)
   ckptr.wait_until_finished() if hasattr(ckptr, "wait_until_finished") else None

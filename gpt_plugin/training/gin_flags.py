@@ -12,8 +12,21 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
+import logging
+
 from absl import flags
 import gin
+
+
+class _GinPathProbeFilter(logging.Filter):
+  """gin logs an ERROR for every search-path candidate of an include that is not the right one (`Path not
+  found: ...`, from its package-resource probe); those probes are normal, so they are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.filename == "resource_reader.py" and str(record.msg).startswith("Path not found"))
+
+
+logging.getLogger().addFilter(_GinPathProbeFilter())
 
 REPO_GIN_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "gin"))
 _MACRO_RE = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=")
