@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gpt_plugin import params_io
 
-class ShapeMismatchError(ValueError):
+
+class ShapeMismatchError(params_io.ParamsMismatchError):
   """MODEL_DIR holds a checkpoint of a model with different parameter shapes."""
 
 
@@ -68,18 +70,6 @@ def params_shape_info(params: Any) -> Dict[str, list]:
   return out
 
 
-def compare_shapes(expected: Mapping[str, list], found: Mapping[str, list]) -> list:
-  problems = []
-  for k in sorted(set(expected) | set(found)):
-    if k not in found:
-      problems.append(f"{k}: missing in checkpoint (model has shape {expected[k][0]})")
-    elif k not in expected:
-      problems.append(f"{k}: in checkpoint (shape {found[k][0]}) but not in the model")
-    elif list(expected[k][0]) != list(found[k][0]):
-      problems.append(f"{k}: checkpoint shape {found[k][0]} != model shape {expected[k][0]}")
-  return problems
-
-
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the items `state`, `data` and `meta`."""
 
@@ -113,12 +103,12 @@ class Checkpointer:
     meta = self.read_meta()
     if meta is None:
       return
-    problems = compare_shapes(params_info, meta.get("params", {}))
+    problems = params_io.compare_param_shapes({k: v[0] for k, v in params_info.items()},
+                                              {k: v[0] for k, v in meta.get("params", {}).items()})
     if problems:
-      shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
-      raise ShapeMismatchError(
+      raise ShapeMismatchError(params_io.mismatch_message(
           f"{self.directory} holds a checkpoint (step {self.latest_step()}) of a model with different parameter "
-          f"shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin.\n  {shown}")
+          f"shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin", problems))
 
   def save(self, step: int, state: Any, data_state: Optional[dict], meta: dict, force: bool = False) -> bool:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_plugin import params_io
 from gpt_plugin import partitioning
 from gpt_plugin.training import checkpointing
 from gpt_plugin.training import metrics as metrics_lib
@@ -25,27 +26,19 @@ class NonFiniteLossError(RuntimeError):
   """Raised after `max_consecutive_bad_steps` non-finite steps in a row."""
 
 
-class InitParamsMismatchError(ValueError):
+class InitParamsMismatchError(params_io.ParamsMismatchError):
   """`init_params_from` holds params whose names or shapes differ from the model's."""
 
 
 def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> Any:
-  """Params for a warm start: read with `gpt_plugin.convert.load_params` (a `convert` / `export_params` output
+  """Params for a warm start: read with `gpt_plugin.params_io.load_params` (a `convert` / `export_params` output
   directory, its `params/` folder, a `.msgpack` file, a MODEL_DIR or one `checkpoint_<step>`), checked name by
   name and shape by shape against the model, cast to the model's param dtypes and placed on `params_shardings`
   (each process reads the file and keeps its own shards)."""
-  from gpt_plugin.convert import load_params  # pylint: disable=g-import-not-at-top
-  loaded, where = load_params(path)
-  found = checkpointing.params_shape_info(loaded)
-  expected = checkpointing.params_shape_info(abstract_params)
-  problems = checkpointing.compare_shapes(expected, found)
-  if problems:
-    shown = "\n  ".join(p.replace("in checkpoint", "in init_params_from").replace("checkpoint shape",
-                                                                                     "init_params_from shape")
-                        for p in problems)
-    raise InitParamsMismatchError(
-        f"init_params_from={path} ({where}) does not match the model ({len(problems)} problem(s)); use the model "
-        f"gin the params were trained with, or convert them first (python -m gpt_plugin.convert):\n  {shown}")
+  loaded, where = params_io.load_params(path)
+  params_io.check_params_against(
+      abstract_params, loaded, what=f"init_params_from={path} ({where})", error=InitParamsMismatchError,
+      hint="use the model gin the params were trained with, or convert them first (python -m gpt_plugin.convert)")
   by_name = {n: a for n, a in _named_leaves(loaded)}
   names = [n for n, _ in _named_leaves(abstract_params)]
   treedef = jax.tree.structure(abstract_params)
