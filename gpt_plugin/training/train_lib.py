@@ -174,6 +174,7 @@ def train(
     sample_prompts: Optional[Sequence[str]] = None,
     sample_length: int = 48,
     sample_temperature: float = 0.0,
+    sample_top_k: int = 0,
     sample_seed: int = 0,
     write_summaries: bool = True,
     stop_at_step: Optional[int] = None,
@@ -187,8 +188,8 @@ def train(
   instead of the random init; optimiser state, step and data start fresh. Ignored once `model_dir` holds a
   checkpoint (resuming wins).
   `sample_prompts`: at the end, continue each prompt by `sample_length` tokens from the final params with
-  `gpt_plugin.generate` (greedy when `sample_temperature` is 0, else temperature sampling seeded by
-  `sample_seed`) through the model's vocabulary, and print prompt + continuation (result key 'samples').
+  `gpt_plugin.generate` (greedy when `sample_temperature` is 0, else temperature sampling, top-k when
+  `sample_top_k` > 0, seeded by `sample_seed`) through the model's vocabulary, and print prompt + continuation (result key 'samples').
   Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step'}.
   """
   t_start = time.time()
@@ -471,7 +472,7 @@ def train(
   samples = None
   if sample_prompts:
     samples = sample_text(model, state.params, sample_prompts, sample_length, sample_temperature, sample_seed,
-                          console=console)
+                          top_k=sample_top_k, console=console)
   if console and jax.process_index() == 0:
     print(f"done: step {step}, {time.time() - t_start:.1f}s, checkpoint {model_dir}/checkpoint_{step}", flush=True)
   return {"state": state, "history": history, "evals": evals, "step": step, "samples": samples,
@@ -480,7 +481,7 @@ def train(
 
 
 def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 48, temperature: float = 0.0,
-                seed: int = 0, console: bool = True) -> Optional[List[str]]:
+                seed: int = 0, console: bool = True, top_k: int = 0) -> Optional[List[str]]:
   """prompt + continuation for each prompt (decoded with `gpt_plugin.generate` through `model.vocabulary`).
 
   Returns None (with a warning) where it can't run: several processes (params not on one host), no
@@ -496,6 +497,8 @@ def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 4
     kwargs = dict(max_new_tokens=int(length))
     if temperature and temperature > 0:
       kwargs.update(sample=True, temperature=float(temperature), sample_rng=jax.random.PRNGKey(int(seed)))
+      if top_k:
+        kwargs.update(top_k=int(top_k))
     t0 = time.time()
     conts = gen.generate_text(list(prompts), **kwargs)
   except Exception as e:  # pylint: disable=broad-except
@@ -506,6 +509,7 @@ def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 4
   texts = [p + c for p, c in zip(prompts, conts)]
   if console:
     how = "greedy" if not temperature or temperature <= 0 else f"temperature {temperature}, seed {seed}"
+    how += f", top-k {top_k}" if top_k and temperature and temperature > 0 else ""
     for i, t in enumerate(texts):
       print(f"--- sample {i + 1}/{len(texts)} ({how}, {length} new tokens, {time.time() - t0:.1f}s) ---\n{t}",
             flush=True)
