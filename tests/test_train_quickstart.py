@@ -21,8 +21,8 @@ def test_quickstart_runs_a_few_steps(tmp_path):
   assert len(losses) == 4 and np.all(np.isfinite(losses))
   assert res["evals"] and np.isfinite(res["evals"][0]["loss"])
   assert os.path.exists(md / "checkpoint_4") and os.path.exists(md / "config.gin")
-  # The quickstart prints a greedy sample of the final params for each prompt (prompt + continuation).
+  # The quickstart prints a sample of the final params for each prompt (prompt + continuation).
   samples = res["samples"]
+  prompts = ["The for statement", "A list is"]
   assert samples and len(samples) == 2, samples
-  assert samples[0].startswith("The Python ") and samples[1].startswith("def ")
-  assert all(len(t) > len(p) for t, p in zip(samples, ["The Python ", "def "])), samples
+  assert all(t.startswith(p) and len(t) > len(p) for t, p in zip(samples, prompts)), samples
