@@ -1,7 +1,7 @@
 r"""Train a model: `python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=\"/tmp/qs\"`.
 
 Flags follow T5X (`--gin_file`, `--gin_bindings`, `--gin_search_paths`, `--gin.NAME=VALUE`); the run gin files
-bind `gpt_plugin.training.train_lib.train`. See docs/training.md.
+bind `gpt_plugin.training.train_lib.train`. See README.md, "Training".
 """
 import os
 import sys

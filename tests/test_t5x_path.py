@@ -2,7 +2,7 @@
 `python -m t5x.train` / `t5x.infer` with gin/t5x/*.gin, and checkpoints crossing between the runners.
 
 Skipped (with the reason) when t5x is not importable. To run: put the t5x, airio and jestimator sources on
-PYTHONPATH and install tensorboard grain fiddle cached_property jaxtyping (docs/generation.md).
+PYTHONPATH and install tensorboard grain fiddle cached_property jaxtyping (README.md, "The real T5X path").
 """
 import importlib.util
 import json
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 if importlib.util.find_spec("t5x") is None:
-  pytest.skip("t5x is not importable (see docs/generation.md, 'The real T5X path')", allow_module_level=True)
+  pytest.skip("t5x is not importable (see README.md, 'The real T5X path')", allow_module_level=True)
 
 import flax  # noqa: E402
 import jax  # noqa: E402

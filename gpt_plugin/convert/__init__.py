@@ -1,6 +1,6 @@
 """Weights in and out: Little-GPT (PyTorch) checkpoints <-> gpt_plugin params, depth expansion, averaging.
 
-CLI: `python -m gpt_plugin.convert {from-torch,to-torch,expand-depth,average} ...` (see docs/convert.md).
+CLI: `python -m gpt_plugin.convert {from-torch,to-torch,expand-depth,average} ...` (see README.md, "Weights in and out").
 `.pth` files are read and written by `gpt_plugin.torch_archive` (restricted reader, never runs pickle; torch-free
 writer); its API is re-exported here.
 

@@ -4,7 +4,7 @@ r"""Corpus builder: text files / JSONL -> tokenised, packed webdataset tar shard
         --input 'docs/**/*.txt' data.jsonl --output_dir /data/mycorpus --name mycorpus \
         --train_tokenizer 8192 --n_ctx 1024 --validation_fraction 0.05 --seed 1996
 
-Steps (mirroring the original project's CLMDataset, see docs/data.md):
+Steps (mirroring the original project's CLMDataset, see README.md, "Data"):
 
 1. read documents: every text file is one document; every JSONL line is one
    document (``--jsonl_field``, default ``text``); directories are walked;
