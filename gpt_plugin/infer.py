@@ -10,12 +10,9 @@ Interactive (prompt on the command line, text out):
 
 The gin-bound logic lives in gpt_plugin/inference/infer_lib.py (`infer_lib.infer`, `infer_lib.interactive`).
 """
-import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from gpt_plugin.training import gin_flags
 
@@ -31,20 +28,11 @@ flags.DEFINE_integer("seed", 0, "Interactive mode: sampling seed.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:  # keep TF (seqio input pipelines) off the accelerators
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-  except Exception:  # pylint: disable=broad-except
-    pass
+  gin_flags.prepare_runner(argv)
   F = flags.FLAGS
   import gin  # pylint: disable=g-import-not-at-top
   from gpt_plugin.inference import infer_lib  # pylint: disable=g-import-not-at-top
-  try:
+  with gin_flags.exit_on(ValueError, FileNotFoundError):  # ParamsMismatchError is a ValueError
     gin_flags.parse_from_flags()
     if F.prompt:
       gin.get_configurable(infer_lib.interactive)(
@@ -52,9 +40,6 @@ def main(argv):
           sample=not F.greedy, num_samples=F.num_samples, seed=F.seed)
     else:
       gin.get_configurable(infer_lib.infer)()
-  except (ValueError, FileNotFoundError) as e:  # ParamsMismatchError is a ValueError
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

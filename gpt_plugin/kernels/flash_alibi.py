@@ -179,6 +179,20 @@ def _dot_nn(a, b):
 # Scores are kept in base 2: s2 = s * log2(e), so exp -> exp2; slopes arrive
 # pre-multiplied by log2(e) and the saved lse is log2-sum-exp2.
 # ----------------------------------------------------------------------------
+def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal):
+  """Runs `body(j, carry, apply_causal=...)` over the key blocks that query block `i` can see.
+
+  Causal: key blocks entirely at/below the first query of the block need no causal mask; blocks up to the one
+  holding the last query need it; later blocks are fully masked and skipped (never loaded).
+  """
+  if not causal:
+    return lax.fori_loop(0, num_k_blocks, functools.partial(body, apply_causal=False), carry)
+  n_full = lax.div(i * bq + 1, bk)
+  n_end = lax.div((i + 1) * bq - 1, bk) + 1
+  carry = lax.fori_loop(0, n_full, functools.partial(body, apply_causal=False), carry)
+  return lax.fori_loop(n_full, n_end, functools.partial(body, apply_causal=True), carry)
+
+
 def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
                 num_k_blocks: int, kv_len: Optional[int]):
   if cfg.has_segments:
@@ -221,19 +235,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
            jnp.full((bq,), _MASK_VALUE, jnp.float32),
            jnp.zeros((bq,), jnp.float32),
            jnp.int32(0))
-  if cfg.causal:
-    # Key blocks entirely at/below the first query of the block need no causal
-    # mask; blocks up to the one holding the last query need it; later blocks
-    # are fully masked and skipped.
-    n_full = lax.div(i * bq + 1, bk)
-    n_end = lax.div((i + 1) * bq - 1, bk) + 1
-    carry = lax.fori_loop(0, n_full,
-                          functools.partial(body, apply_causal=False), carry)
-    carry = lax.fori_loop(n_full, n_end,
-                          functools.partial(body, apply_causal=True), carry)
-  else:
-    carry = lax.fori_loop(0, num_k_blocks,
-                          functools.partial(body, apply_causal=False), carry)
+  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal)
   acc, m, l, cnt = carry
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log2(l)
@@ -281,16 +283,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     return dq, cnt + 1
 
   carry = (jnp.zeros(q_ref.shape, jnp.float32), jnp.int32(0))
-  if cfg.causal:
-    n_full = lax.div(i * bq + 1, bk)
-    n_end = lax.div((i + 1) * bq - 1, bk) + 1
-    carry = lax.fori_loop(0, n_full,
-                          functools.partial(body, apply_causal=False), carry)
-    carry = lax.fori_loop(n_full, n_end,
-                          functools.partial(body, apply_causal=True), carry)
-  else:
-    carry = lax.fori_loop(0, num_k_blocks,
-                          functools.partial(body, apply_causal=False), carry)
+  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal)
   dq, cnt = carry
   dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
   if cnt_ref is not None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
+import contextlib
 import logging
 
 from absl import flags
@@ -144,3 +145,33 @@ def maybe_initialize_distributed_from_flags() -> bool:
 
 def main_argv() -> List[str]:
   return rewrite_gin_args(sys.argv)
+
+
+def prepare_runner(argv: Sequence[str]) -> None:
+  """The common start of the `python -m gpt_plugin.{train,eval,infer}` runners: no stray positional arguments,
+  quiet TF/absl logs (orbax INFO lines drown the progress output; `-v 0` brings them back), and TF (used by
+  seqio input pipelines) kept off the accelerators."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+@contextlib.contextmanager
+def exit_on(*errors):
+  """Turns the listed (user-facing) errors into `ERROR: ...` on stderr and exit status 2."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except errors as e:
+    absl_logging.error("%s", e)
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
