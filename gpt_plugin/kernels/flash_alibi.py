@@ -179,6 +179,17 @@ def _dot_nn(a, b):
 # Scores are kept in base 2: s2 = s * log2(e), so exp -> exp2; slopes arrive
 # pre-multiplied by log2(e) and the saved lse is log2-sum-exp2.
 # ----------------------------------------------------------------------------
+def _split_trailing_refs(rest, cfg, num_outputs):
+  """A kernel's refs after the slopes: (q segment ids, k segment ids) when packed, then the outputs, then the
+  debug tile counter. Returns (qseg_ref, kseg_ref, outputs, cnt_ref) with None for absent ones."""
+  rest = list(rest)
+  qseg_ref = kseg_ref = None
+  if cfg.has_segments:
+    qseg_ref, kseg_ref, rest = rest[0], rest[1], rest[2:]
+  cnt_ref = rest[num_outputs] if cfg.debug_counts else None
+  return qseg_ref, kseg_ref, tuple(rest[:num_outputs]), cnt_ref
+
+
 def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal):
   """Runs `body(j, carry, apply_causal=...)` over the key blocks that query block `i` can see.
 
@@ -195,13 +206,7 @@ def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal):
 
 def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
                 num_k_blocks: int, kv_len: Optional[int]):
-  if cfg.has_segments:
-    qseg_ref, kseg_ref, *outs = rest
-  else:
-    qseg_ref = kseg_ref = None
-    outs = list(rest)
-  o_ref, lse_ref = outs[0], outs[1]
-  cnt_ref = outs[2] if cfg.debug_counts else None
+  qseg_ref, kseg_ref, (o_ref, lse_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   bq, bk = cfg.block_q, cfg.block_k
   i = pl.program_id(0)
@@ -245,13 +250,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
                *rest, cfg: _Config, num_k_blocks: int, kv_len: Optional[int]):
-  if cfg.has_segments:
-    qseg_ref, kseg_ref, *outs = rest
-  else:
-    qseg_ref = kseg_ref = None
-    outs = list(rest)
-  dq_ref = outs[0]
-  cnt_ref = outs[1] if cfg.debug_counts else None
+  qseg_ref, kseg_ref, (dq_ref,), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=1)
 
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
   i = pl.program_id(0)
@@ -293,13 +292,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
                  *rest, cfg: _Config, num_q_blocks: int,
                  kv_len: Optional[int]):
-  if cfg.has_segments:
-    qseg_ref, kseg_ref, *outs = rest
-  else:
-    qseg_ref = kseg_ref = None
-    outs = list(rest)
-  dk_ref, dv_ref = outs[0], outs[1]
-  cnt_ref = outs[2] if cfg.debug_counts else None
+  qseg_ref, kseg_ref, (dk_ref, dv_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   # Tiles are transposed: rows are keys, columns are queries.
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
