@@ -5,7 +5,8 @@ CLI: `python -m gpt_plugin.convert {from-torch,to-torch,expand-depth,average} ..
 writer); its API is re-exported here.
 
 Modules:
-  littlegpt        name / shape mapping Little-GPT state dict <-> our param tree (both layer layouts)
+  littlegpt        name / shape mapping Little-GPT state dict <-> our param tree (both layer layouts); 8-bit
+                   (bitsandbytes blockwise) checkpoints are dequantized on import
   depth_expansion  Gopher-style warm start of a deeper model (new block i <- old block floor(i*old/new))
   averaging        mean of the last k checkpoints of a MODEL_DIR
 Reading and writing params (OUT/params, MODEL_DIR and T5X checkpoints, .msgpack) and checking them against a model
@@ -14,14 +15,14 @@ live in `gpt_plugin.params_io` (shared with the inference runners); `load_params
 from gpt_plugin import params_io  # noqa: F401  (`from gpt_plugin.convert import params_io` keeps working)
 from gpt_plugin.convert.averaging import average_checkpoints, average_trees
 from gpt_plugin.convert.depth_expansion import depth_map, expand_depth, inverse_map
-from gpt_plugin.convert.littlegpt import (LITTLEGPT_VOCAB_SIZE, ConversionError, check_params, from_torch,
-                                          infer_config, to_torch)
+from gpt_plugin.convert.littlegpt import (LITTLEGPT_VOCAB_SIZE, ConversionError, check_params, dequantize_8bit,
+                                          dequantize_blockwise, from_torch, infer_config, to_torch)
 from gpt_plugin.torch_archive import (TorchFileCorruptError, TorchFileError, UnsafePickleError, load_pth,
                                       read_state_dict, save_pth)
 from gpt_plugin.params_io import load_params, save_params
 
 __all__ = [
     "LITTLEGPT_VOCAB_SIZE", "ConversionError", "TorchFileCorruptError", "TorchFileError", "UnsafePickleError", "average_checkpoints",
-    "average_trees", "check_params", "depth_map", "expand_depth", "from_torch", "infer_config", "inverse_map",
+    "average_trees", "check_params", "depth_map", "dequantize_8bit", "dequantize_blockwise", "expand_depth", "from_torch", "infer_config", "inverse_map",
     "load_params", "load_pth", "read_state_dict", "save_params", "save_pth", "to_torch",
 ]

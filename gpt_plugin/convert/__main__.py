@@ -1,6 +1,6 @@
 r"""`python -m gpt_plugin.convert <command> ...`: weights in and out.
 
-  from-torch    Little-GPT `.pth` / `.pth.tar` (state dict or "complete state") -> OUT/params (orbax)
+  from-torch    Little-GPT `.pth` / `.pth.tar` (state dict, "complete state" or 8-bit) -> OUT/params (orbax)
   to-torch      params (OUT dir, MODEL_DIR checkpoint, .msgpack) -> Little-GPT state dict `.pth.tar`
   expand-depth  params of an N-layer model -> params of an M-layer model (Gopher warm start)
   average       mean params of the last k checkpoints of a MODEL_DIR -> OUT/params
@@ -57,6 +57,10 @@ def cmd_from_torch(args) -> None:
   key = None if args.state_dict_key == "none" else args.state_dict_key
   sd = torch_archive.read_state_dict(args.input, key=key)
   sd = littlegpt.strip_wrappers(sd)
+  sd, report = littlegpt.dequantize_8bit(sd)  # Little-GPT 8-bit (FrozenBNBLinear) checkpoints
+  quantized = littlegpt.quantization_info(report)
+  if quantized:
+    print(f"dequantized {quantized['num_params']} 8-bit weights (blocksizes {quantized['blocksizes']})", flush=True)
   if args.gin_file:
     cfg = _config(args)
   else:
@@ -65,10 +69,11 @@ def cmd_from_torch(args) -> None:
       cfg = dataclasses.replace(cfg, scan_layers=args.scan_layers)
     print(f"inferred model: {cfg}", flush=True)
   vocab = int(np.shape(sd["wte.weight"])[0])
-  params = littlegpt.from_torch(sd, cfg)
+  params = littlegpt.from_torch(sd, cfg, quantization=report)
   del sd  # the params are copies: free the file's tensors before orbax writes
   info = _info(cfg, source=os.path.abspath(args.input), source_format="littlegpt-torch", source_vocab_size=vocab,
-               note=f"embedding rows {vocab}..{cfg.vocab_size - 1} are zero padding")
+               note=f"embedding rows {vocab}..{cfg.vocab_size - 1} are zero padding",
+               source_8bit=bool(quantized), **({"source_quantization": quantized} if quantized else {}))
   params_io.save_params(args.output, params, info, msgpack=args.msgpack)
   print(f"wrote {args.output}/params ({cfg.num_params():,} params, {cfg.num_layers} layers, "
         f"vocab {vocab} -> {cfg.vocab_size})", flush=True)

@@ -16,6 +16,10 @@
 | `lm_head.weight` (tied to `wte.weight`)        | dropped on import (must equal `wte.weight`); re-created, tied, on export |
 | `blocks.L.attn.slopes` (H), `.mask` (1,1,ctx,ctx) | dropped on import (slopes checked against the head count); re-created on export |
 
+8-bit checkpoints (Little-GPT's `1B_weights_8bit.pth.tar`, `FrozenBNBLinear` layers): a `<name>.weight` stored as
+uint8 (or int8) bytes with sibling `<name>.absmax` / `<name>.code` buffers is dequantized in numpy first
+(`dequantize_8bit`): value = code[byte] * absmax[flat_index // blocksize], reshaped to the weight's shape.
+
 With `scan_layers=True` every `layers_L/...` leaf is stacked into `layers/...` with a leading layer axis.
 Head order inside `joined_kv` is the torch `view(B, T, H, D/H)` order, so no permutation is needed.
 """
@@ -39,6 +43,11 @@ LITTLEGPT_VOCAB_SIZE = 50257  # GPT-2 BPE, Little-GPT's embedding rows
 LITTLEGPT_NUM_CTX = 512       # the size of Little-GPT's `attn.mask` buffer for the * models
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate wrapper, torch.compile wrapper
 _QKV = ("query", "key", "value")  # index 0/1/2 of our `stack` axis
+# Block sizes of bitsandbytes' blockwise quantization: 4096 (the default of every version, the only one of the
+# 2021-22 releases Little-GPT used) first, then the smaller ones later releases' GPU kernels accept (their CPU path
+# takes any size; such files are rejected, naming the param).
+BLOCKWISE_BLOCKSIZES = (4096, 2048, 1024, 512, 256, 128, 64)
+QUANTIZATION_FORMAT = "bitsandbytes-blockwise-8bit"
 
 
 class ConversionError(params_io.ParamsMismatchError):
@@ -125,6 +134,107 @@ def strip_wrappers(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   return sd
 
 
+def infer_blocksize(numel: int, num_blocks: int) -> Optional[int]:
+  """The blocksize of `BLOCKWISE_BLOCKSIZES` that splits `numel` values into `num_blocks` blocks (ceil), or None.
+
+  Only a single-block tensor fits several sizes, and then they all mean the same thing (4096 is returned)."""
+  for b in BLOCKWISE_BLOCKSIZES:
+    if -(-numel // b) == num_blocks:
+      return b
+  return None
+
+
+def dequantize_blockwise(weight, absmax, code, blocksize: Optional[int] = None) -> np.ndarray:
+  """bitsandbytes-style blockwise 8-bit dequantization in numpy (float32, the weight's shape).
+
+  The flattened weight is cut into blocks of `blocksize` values (the last one may be short); value i is
+  `code[byte_i] * absmax[i // blocksize]`. Bytes are read unsigned: an int8 tensor is taken bit for bit, as
+  bitsandbytes' kernels read it. Chunked quantization (one `quantize_blockwise` call per chunk of a multiple of
+  the blocksize, absmax concatenated) gives the same layout. `blocksize=None` infers it from the sizes."""
+  weight, absmax, code = np.asarray(weight), np.asarray(absmax), np.asarray(code)
+  if weight.dtype not in (np.uint8, np.int8):
+    raise ConversionError(f"8-bit weight must be uint8/int8, not {weight.dtype}")
+  idx = weight.reshape(-1).view(np.uint8)
+  n, nb = idx.size, absmax.size
+  if blocksize is None:
+    blocksize = infer_blocksize(n, nb)
+    if blocksize is None:
+      raise ConversionError(f"{n} values with {nb} absmax entries fit no blocksize of {BLOCKWISE_BLOCKSIZES}")
+  elif -(-n // blocksize) != nb:
+    raise ConversionError(f"{n} values in blocks of {blocksize} need {-(-n // blocksize)} absmax entries, not {nb}")
+  if code.size != 256:
+    raise ConversionError(f"the code table has {code.size} entries, not 256")
+  values = code.reshape(-1).astype(np.float32)[idx]
+  pad = nb * blocksize - n
+  if pad:
+    values = np.concatenate([values, np.zeros(pad, np.float32)])
+  values = values.reshape(nb, blocksize) * absmax.reshape(-1).astype(np.float32)[:, None]
+  return values.reshape(-1)[:n].reshape(weight.shape)
+
+
+def dequantize_8bit(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+  """Replaces every 8-bit `<name>.weight` (uint8/int8 with `<name>.absmax` and `<name>.code`) by its float32
+  dequantization and drops the `absmax` / `code` buffers. Returns (state dict, report); the report is None when
+  nothing was quantized, else {"format", "params": {name: blocksize}, "tolerance": {name: per-element bound}}
+  (the tolerance, half the widest code gap times the block's absmax, is kept for the tied-head check).
+  Raises ConversionError naming every 8-bit param that cannot be dequantized."""
+  sd = dict(state_dict)
+  stems = sorted({k[:-len(s)] for k in sd for s in (".absmax", ".code") if k.endswith(s)})
+  if not stems:
+    return sd, None
+  problems, blocksizes, tolerance = [], {}, {}
+  for stem in stems:
+    w, a, c = (f"{stem}.{x}" for x in ("weight", "absmax", "code"))
+    missing = [k for k in (w, a, c) if k not in sd]
+    if missing:
+      problems.append(f"incomplete 8-bit param: {stem} has {', '.join(k for k in (w, a, c) if k in sd)} "
+                      f"but no {', '.join(missing)}")
+      continue
+    weight, absmax, code = (np.asarray(sd[k]) for k in (w, a, c))
+    if weight.dtype not in (np.uint8, np.int8):
+      problems.append(f"wrong dtype: {w} is {weight.dtype}, but {stem} has absmax/code buffers (8-bit weights "
+                      "are uint8/int8)")
+      continue
+    if absmax.dtype.kind != "f" or code.dtype.kind != "f":
+      problems.append(f"unsupported 8-bit param: {stem}: absmax {absmax.dtype} / code {code.dtype} (nested or "
+                      "non-float quantization state); expected floating point")
+      continue
+    if code.size != 256:
+      problems.append(f"unsupported 8-bit param: {stem}: code has {code.size} entries, not 256")
+      continue
+    bs = infer_blocksize(weight.size, absmax.size)
+    if bs is None:
+      problems.append(f"unsupported 8-bit param: {w}: {weight.size} values {tuple(weight.shape)} with "
+                      f"{absmax.size} absmax entries fit no blockwise blocksize of {BLOCKWISE_BLOCKSIZES}")
+      continue
+    sd[w] = dequantize_blockwise(weight, absmax, code, bs)
+    del sd[a], sd[c]
+    gap = float(np.max(np.diff(np.sort(code.reshape(-1).astype(np.float64))))) / 2
+    tolerance[w] = (gap, absmax.reshape(-1).astype(np.float32), bs)
+    blocksizes[w] = bs
+  if problems:
+    _fail("the 8-bit Little-GPT state dict cannot be dequantized", problems)
+  return sd, {"format": QUANTIZATION_FORMAT, "params": blocksizes, "tolerance": tolerance}
+
+
+def quantization_info(report: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+  """The JSON-able part of a `dequantize_8bit` report (for convert_info.json), or None."""
+  if not report:
+    return None
+  sizes = collections.Counter(report["params"].values())
+  return {"format": report["format"], "num_params": len(report["params"]),
+          "blocksizes": {str(k): v for k, v in sorted(sizes.items())}, "params": sorted(report["params"]),
+          "note": "8-bit weights were dequantized (code[byte] * absmax[block]) to float32 before conversion"}
+
+
+def _within_quantization_error(a, b, tolerances) -> bool:
+  """|a - b| <= the sum of the rounding bounds (half the widest code gap times the block's absmax) of `tolerances`."""
+  bound = np.full(np.shape(a), 1e-7, np.float32)
+  for gap, absmax, bs in tolerances:
+    bound += np.repeat(absmax, bs)[:bound.size].reshape(bound.shape) * np.float32(gap * 1.0001)
+  return bool(np.all(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)) <= bound))
+
+
 def infer_config(state_dict: Mapping[str, Any], base: Optional[GPTConfig] = None, **overrides) -> GPTConfig:
   """A GPTConfig read off a Little-GPT state dict: width, depth, MLP width, block type, embedding LayerNorm,
   positions, head count (from the `attn.slopes` buffer; 8, Little-GPT's * models, without it). The rest
@@ -151,13 +261,18 @@ def infer_config(state_dict: Mapping[str, Any], base: Optional[GPTConfig] = None
 
 
 def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=np.float32,
-               check_tied: bool = True) -> Dict[str, Any]:
+               check_tied: bool = True, quantization: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Little-GPT state dict (name -> array) to our params (nested dict of numpy arrays) for `config`.
 
   Raises ConversionError listing every missing, unexpected and mis-shaped entry (all at once). `wte.weight`
   may have fewer rows than `config.vocab_size` (zero rows are appended); buffers are checked and dropped.
+  8-bit (`FrozenBNBLinear`) weights are dequantized first (`dequantize_8bit`); an 8-bit `lm_head.weight` is
+  checked to equal `wte.weight` up to its quantization error (`quantization`: the `dequantize_8bit` report of
+  a state dict dequantized beforehand).
   """
-  sd = {k: np.asarray(v) for k, v in strip_wrappers(state_dict).items()}
+  sd, report = dequantize_8bit(strip_wrappers(state_dict))
+  sd = {k: np.asarray(v) for k, v in sd.items()}
+  tolerance = {**((quantization or {}).get("tolerance") or {}), **((report or {}).get("tolerance") or {})}
   d = config.emb_dim
   vocab = np.shape(sd["wte.weight"])[0] if "wte.weight" in sd and np.ndim(sd["wte.weight"]) == 2 else \
       LITTLEGPT_VOCAB_SIZE
@@ -190,6 +305,9 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
       if tuple(sd[k].shape) != (vocab, d):
         problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)}, expected {(vocab, d)} (tied to wte.weight)")
       elif check_tied and "wte.weight" in sd and not np.array_equal(sd[k], sd["wte.weight"]):
+        if k in tolerance and _within_quantization_error(
+            sd[k], sd["wte.weight"], [tolerance[x] for x in (k, "wte.weight") if x in tolerance]):
+          continue  # an 8-bit copy of the tied embedding
         problems.append(f"untied: {k} differs from wte.weight; gpt_plugin ties the output head to the embedding")
       continue
     problems.append(f"unexpected: {k} (shape {tuple(sd[k].shape)})")
