@@ -179,6 +179,17 @@ def _dot_nn(a, b):
 # Scores are kept in base 2: s2 = s * log2(e), so exp -> exp2; slopes arrive
 # pre-multiplied by log2(e) and the saved lse is log2-sum-exp2.
 # ----------------------------------------------------------------------------
+def _score_tile(q, k, kseg_ref, ks, start, bk, qp, qseg, slope, scale2, apply_causal, kv_len):
+  """Scores of a [bq, bk] tile in log2 units: q.k * scale + ALiBi slope * (k_pos - q_pos), masked (causal when
+  `apply_causal`, segments, padded keys) with _MASK_VALUE. Shared by the forward and the dq kernel; `k` is the
+  already loaded key tile."""
+  kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
+  s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
+  kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
+  mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
+  return s if mask is None else jnp.where(mask, s, _MASK_VALUE)
+
+
 def _split_trailing_refs(rest, cfg, num_outputs):
   """A kernel's refs after the slopes: (q segment ids, k segment ids) when packed, then the outputs, then the
   debug tile counter. Returns (qseg_ref, kseg_ref, outputs, cnt_ref) with None for absent ones."""
@@ -221,13 +232,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
     acc, m, l, cnt = carry
     start = pl.multiple_of(j * bk, bk)
     ks = pl.ds(start, bk)
-    k = k_ref[ks, :]
-    kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
-    s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
-    kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
-    mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
-    if mask is not None:
-      s = jnp.where(mask, s, _MASK_VALUE)
+    s = _score_tile(q, k_ref[ks, :], kseg_ref, ks, start, bk, qp, qseg, slope, scale2, apply_causal, kv_len)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new[:, None])
@@ -269,12 +274,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     ks = pl.ds(start, bk)
     k = k_ref[ks, :]
     v = v_ref[ks, :]
-    kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
-    s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
-    kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
-    mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
-    if mask is not None:
-      s = jnp.where(mask, s, _MASK_VALUE)
+    s = _score_tile(q, k, kseg_ref, ks, start, bk, qp, qseg, slope, scale2, apply_causal, kv_len)
     p = jnp.exp2(s - lse)
     dp = _dot_nt(do, v)
     ds = p * (dp - delta)
