@@ -1,12 +1,13 @@
 """Tests for gpt_plugin.kernels.flash_alibi.
 
-Everything is compared against a float64 NumPy implementation of ALiBi
-attention (causal + segment masking) written here, including hand-written
-softmax-attention gradients.  On CPU the Pallas kernels run in interpret mode;
+Everything is compared against the float64 NumPy implementation of ALiBi
+attention (causal + segment masking) in tests/attention_reference.py, including
+hand-written softmax-attention gradients.  On CPU the Pallas kernels run in interpret mode;
 on a GPU (``JAX_PLATFORMS=cuda python -m pytest tests/test_flash_alibi.py``)
 the kernel-vs-NumPy tests run the compiled Triton kernels (interpret=None).
 """
 import math
+import re
 import warnings
 
 import jax
@@ -15,66 +16,13 @@ import numpy as np
 import pytest
 
 from gpt_plugin.kernels import flash_alibi as fa
+from gpt_plugin.kernels.common import segment_extent
+from attention_reference import make_segments, np_attention, np_attention_grads, np_slopes, rel_err
 
 
 # ----------------------------------------------------------------------------
-# float64 NumPy reference
+# Inputs
 # ----------------------------------------------------------------------------
-def np_slopes(n):
-  """ALiBi slope rule, written independently of the module under test."""
-  def geo(m):
-    r = 2.0 ** (-8.0 / m)
-    return [r ** (i + 1) for i in range(m)]
-  if math.log2(n).is_integer():
-    return np.array(geo(n))
-  c = 2 ** int(math.floor(math.log2(n)))
-  return np.array(geo(c) + geo(2 * c)[::2][: n - c])
-
-
-def np_attention(q, k, v, slopes, seg, causal, scale):
-  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-  t = q.shape[1]
-  pos = np.arange(t)
-  s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
-  s = s + np.asarray(slopes, np.float64)[None, :, None, None] * (
-      pos[None, :] - pos[:, None])[None, None]
-  mask = np.ones((1, 1, t, t), bool)
-  if causal:
-    mask = mask & (pos[None, :] <= pos[:, None])[None, None]
-  if seg is not None:
-    seg = np.asarray(seg)
-    mask = mask & (seg[:, None, :, None] == seg[:, None, None, :])
-  s = np.where(mask, s, -np.inf)
-  s = s - s.max(-1, keepdims=True)
-  p = np.exp(s)
-  p = p / p.sum(-1, keepdims=True)
-  return np.einsum("bhqk,bkhd->bqhd", p, v), p
-
-
-def np_attention_grads(q, k, v, p, do, scale):
-  q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
-  dv = np.einsum("bhqk,bqhd->bkhd", p, do)
-  dp = np.einsum("bqhd,bkhd->bhqk", do, v)
-  ds = p * (dp - (dp * p).sum(-1, keepdims=True))
-  dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
-  dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
-  return dq, dk, dv
-
-
-def make_segments(batch, t, rng):
-  """Random packing: each row is split into 1-4 segments, some rows end in a
-  0-id padding run (T5X convention)."""
-  seg = np.zeros((batch, t), np.int32)
-  for b in range(batch):
-    cuts = np.sort(rng.choice(np.arange(1, t), size=rng.integers(1, 4),
-                              replace=False))
-    ids = np.searchsorted(cuts, np.arange(t), side="right") + 1
-    if b % 2 == 1:
-      ids[t - t // 5:] = 0
-    seg[b] = ids
-  return seg
-
-
 def make_inputs(batch, t, heads, d, seed=0, packed=False):
   rng = np.random.default_rng(seed)
   q, k, v, w = (rng.standard_normal((batch, t, heads, d)).astype(np.float32)
@@ -90,10 +38,6 @@ def run_fn(fn, q, k, v, w, dtype):
     return (out,) + vjp(w.astype(out.dtype))
   args = [jnp.asarray(x, dtype) for x in (q, k, v, w)]
   return [np.asarray(x.astype(jnp.float32)) for x in jax.jit(f)(*args)]
-
-
-def rel_err(a, b):
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 # ----------------------------------------------------------------------------
@@ -286,6 +230,81 @@ def test_fully_masked_blocks_are_never_read():
 
 
 # ----------------------------------------------------------------------------
+# Packed-segment block skipping
+# ----------------------------------------------------------------------------
+def test_segment_extent_matches_brute_force():
+  rng = np.random.default_rng(3)
+  runs = np.repeat([1, 2, 1, 3, 0], [5, 7, 4, 9, 7])            # id 1 occurs in two runs
+  layouts = np.stack([runs, rng.integers(-1, 4, size=runs.size), np.sort(rng.integers(0, 5, size=runs.size))])
+  first, last = (np.asarray(x) for x in segment_extent(jnp.asarray(layouts, jnp.int32)))
+  for b, row in enumerate(layouts):
+    for t, s in enumerate(row):
+      where = np.flatnonzero(row == s)
+      assert (first[b, t], last[b, t]) == (where[0], where[-1])
+
+
+def _visible_block_pairs(seg, rows, cols, causal, transpose=False):
+  """Brute force: for each block of `rows` queries (or keys when `transpose`), how many blocks of `cols` keys
+  (queries) hold at least one pair the mask keeps."""
+  t = seg.size
+  pos = np.arange(t)
+  keep = seg[:, None] == seg[None, :]
+  if causal:
+    keep &= pos[None, :] <= pos[:, None]                          # [query, key]
+  if transpose:
+    keep = keep.T
+  blocks = keep.reshape(t // rows, rows, t // cols, cols).any(axis=(1, 3))
+  return blocks.sum(axis=1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_blocks_outside_the_segments_are_skipped(causal):
+  """Contiguous documents: every kernel visits exactly the tiles that hold a same-document pair."""
+  t, blk = 256, 32
+  seg = np.repeat([1, 2, 3, 4, 5, 0], [40, 70, 10, 90, 30, 16]).astype(np.int32)
+  q, k, v, _, _ = make_inputs(1, t, 2, 16, seed=9)
+  counts = jax.jit(fa.flash_alibi_block_counts,
+                   static_argnames=("causal", "block_q", "block_k", "bwd_block_q", "bwd_block_k"))
+  out, fwd, dq, dkdv = counts(*(jnp.asarray(x) for x in (q, k, v)), slopes=jnp.asarray([0.5, 0.25]),
+                              segment_ids=jnp.asarray(seg[None]), causal=causal, block_q=blk, block_k=blk,
+                              bwd_block_q=blk, bwd_block_k=blk)
+  want = _visible_block_pairs(seg, blk, blk, causal)
+  np.testing.assert_array_equal(np.asarray(fwd)[0, 0], want)
+  np.testing.assert_array_equal(np.asarray(dq)[0, 0], want)
+  np.testing.assert_array_equal(np.asarray(dkdv)[0, 0], _visible_block_pairs(seg, blk, blk, causal, transpose=True))
+  dense = (t // blk) * (t // blk + 1) // 2 if causal else (t // blk) ** 2
+  assert want.sum() < 0.6 * dense                                  # the skipping actually saves work here
+  ref, _ = np_attention(q, k, v, np.array([0.5, 0.25]), seg[None], causal, 1.0 / math.sqrt(16))
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("layout", ["recurring", "scattered"])
+def test_segments_that_are_not_one_run_stay_exact(layout):
+  """A segment id may recur after other ids (or ids may be scattered): the block ranges widen to cover every
+  occurrence, and values and gradients still equal the float64 reference."""
+  t, heads, d = 96, 2, 16
+  rng = np.random.default_rng(11)
+  if layout == "recurring":
+    seg = np.repeat([1, 2, 1, 3, 2], [20, 30, 10, 26, 10])[None].astype(np.int32)
+  else:
+    seg = rng.integers(0, 3, size=(1, t)).astype(np.int32)
+  q, k, v, w, _ = make_inputs(1, t, heads, d, seed=13)
+  slopes = np_slopes(heads)
+  scale = 1.0 / math.sqrt(d)
+
+  def fn(q, k, v):
+    return fa.flash_alibi_attention(q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
+                                    segment_ids=jnp.asarray(seg), block_q=16, block_k=32,
+                                    bwd_block_q=32, bwd_block_k=16, interpret=None)
+
+  out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
+  ref, p = np_attention(q, k, v, slopes, seg, True, scale)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+  for got, want in zip((dq, dk, dv), np_attention_grads(q, k, v, p, w, scale)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+
+
+# ----------------------------------------------------------------------------
 # Interface, errors, GPU lowering
 # ----------------------------------------------------------------------------
 def test_alibi_slopes_rule():
@@ -335,6 +354,27 @@ def test_lowers_to_triton_for_cuda():
   assert text.count("xla.gpu.triton") == 3  # fwd, dq, dk/dv
   for name in ("flash_alibi_fwd", "flash_alibi_bwd_dq", "flash_alibi_bwd_dkdv"):
     assert name in text
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_default_launch_reaches_the_triton_calls(d):
+  """The front end's default tiles, warps and stages for this head_dim are what the three Triton calls get."""
+  if fa.plgpu is None:
+    pytest.skip("Pallas Triton backend not available")
+  x = jax.ShapeDtypeStruct((1, 1000, 2, d), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
+  slopes = jnp.asarray(fa.alibi_slopes(2))
+  loss = lambda q, k, v, s: fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s, implementation="triton",
+                                                     interpret=False).astype(jnp.float32).sum()
+  text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x, seg).lower(lowering_platforms=("cuda",)).as_text()
+  bq, bk, bbq, bbk = fa.default_tiles(d)
+  for name, tiles in (("flash_alibi_fwd", (bq, bk)), ("flash_alibi_bwd_dq", (bbq, bbk)),
+                      ("flash_alibi_bwd_dkdv", (bbq, bbk))):
+    call = re.search(r'name = "%s".*?num_stages = (\d+).*?num_warps = (\d+)' % name, text, re.S)
+    assert call, name
+    kernel = {"flash_alibi_fwd": "fwd", "flash_alibi_bwd_dq": "dq", "flash_alibi_bwd_dkdv": "dkdv"}[name]
+    assert int(call.group(1)) == fa.default_num_stages(d)
+    assert int(call.group(2)) == fa.default_num_warps(kernel, *tiles, d)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")

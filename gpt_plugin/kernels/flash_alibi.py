@@ -3,7 +3,7 @@
 Public entry points
 -------------------
 ``flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
-sm_scale=None, block_q=128, block_k=128, interpret=None, ...)``
+sm_scale=None, block_q=None, block_k=None, interpret=None, ...)``
     q, k, v: ``[batch, seq, heads, head_dim]`` (bf16/f16/f32), ``slopes``: ``[heads]``.
     Score of query position i and key position j in head h::
 
@@ -20,7 +20,7 @@ sm_scale=None, block_q=128, block_k=128, interpret=None, ...)``
 ``flash_alibi_reference(q, k, v, *, slopes, ...)``
     Pure-jnp blockwise implementation (scan over key chunks, custom VJP with a
     blockwise backward), memory O(batch*heads*seq*block_k); runs anywhere and
-    is the fallback on CPU (``interpret=False``) and for long sequences on TPU.
+    is the fallback on CPU with ``interpret=False``.
 
 ``alibi_slopes(num_heads)``
     The standard ALiBi slope rule (Press et al. 2021), for benchmarks/tests.
@@ -29,16 +29,17 @@ Backends (``implementation=None`` picks one):
   * GPU: Pallas Triton kernels (``pl.pallas_call`` + ``plgpu.CompilerParams``).
   * CPU: the same kernels with ``interpret=True`` (the default there);
     ``interpret=False`` on CPU warns and uses ``flash_alibi_reference``.
-  * TPU: ``jax.experimental.pallas.ops.tpu.flash_attention`` with the ALiBi
-    bias passed as its (materialised, ``[B, H, T, T]``) ``ab`` argument while
-    that fits in ``_TPU_MAX_BIAS_BYTES``, else the blockwise reference.  The
-    TPU kernel has no in-kernel position bias, so this path is a convenience
-    rather than a bias-free kernel.
+  * TPU: ``gpt_plugin.kernels.flash_alibi_tpu`` (Pallas Mosaic kernels with
+    the same in-tile ALiBi, causal and packed-segment block skipping).
 
 Causal block skipping: the forward and dq kernels loop only over key blocks
 ``<= `` the diagonal block of their query block, the dk/dv kernel only over
 query blocks ``>=`` the diagonal; fully masked blocks are never loaded.  Blocks
 entirely below the diagonal skip the causal mask arithmetic as well.
+Packed (``segment_ids``): each kernel program also skips the blocks of the
+other axis that hold none of its segments (per-block ``[lo, hi)`` ranges from
+each segment's first and last position, valid for any id layout), so a batch
+of short documents costs about ``sum(doc_len**2)``, not ``T**2``.
 
 Sequence lengths that are not a multiple of the block sizes are padded
 internally; padded keys are masked (non-causal) or unreachable (causal), padded
@@ -59,6 +60,9 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from gpt_plugin.kernels.common import (MASK_VALUE, check_inputs, resolve_sm_scale, round_up,
+                                       segment_block_ranges, segment_extent)
+
 try:  # The Triton backend module; absent on some jaxlib builds.
   from jax.experimental.pallas import triton as plgpu
 except ImportError:  # pragma: no cover
@@ -69,13 +73,12 @@ __all__ = [
     "flash_alibi_attention",
     "flash_alibi_reference",
     "flash_alibi_block_counts",
+    "default_tiles",
+    "default_num_warps",
+    "default_num_stages",
 ]
 
 _LOG2E = math.log2(math.e)
-# Finite "minus infinity": masked scores become exactly 0 after exp2 without
-# ever producing inf - inf = NaN in the online-softmax rescaling.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-_TPU_MAX_BIAS_BYTES = 1 << 30
 _GPU_MAX_HEAD_DIM = 256
 _SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 
@@ -102,10 +105,6 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 
 def _next_pow2(x: int) -> int:
   return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
 
 
 def _is_pow2(x: int) -> bool:
@@ -137,6 +136,37 @@ class _Config:
   num_warps: Optional[int]
   num_stages: int
   debug_counts: bool = False
+
+
+# Default launch by padded head_dim: tiles and pipelining depth with no register spills and shared memory within
+# limits on sm_90 and sm_80, with and without packing, as reported by `benchmarks/kernel_resources.py` (registers,
+# spills and shared memory of the compiled kernels). Timings on a GPU may move them (`benchmarks/attention.py --sweep`).
+_DEFAULT_LAUNCH = {  # padded head_dim -> (block_q, block_k, bwd_block_q, bwd_block_k, num_stages)
+    16: (128, 64, 64, 64, 3), 32: (128, 64, 64, 64, 3), 64: (128, 64, 64, 64, 3), 128: (64, 64, 64, 64, 2),
+    256: (32, 64, 32, 32, 2),
+}
+
+
+def _default_launch(head_dim: int):
+  return _DEFAULT_LAUNCH[min(256, max(16, _next_pow2(head_dim)))]
+
+
+def default_tiles(head_dim: int):
+  """(block_q, block_k, bwd_block_q, bwd_block_k) used when the caller gives none."""
+  return _default_launch(head_dim)[:4]
+
+
+def default_num_stages(head_dim: int) -> int:
+  """Triton software-pipelining depth used when the caller gives none."""
+  return _default_launch(head_dim)[4]
+
+
+def default_num_warps(kernel: str, block_q: int, block_k: int, head_dim: int) -> int:
+  """Warps for one kernel ('fwd', 'dq' or 'dkdv') and tile: 8 spread a large tile's or a wide head's registers."""
+  area, dp = block_q * block_k, max(16, _next_pow2(head_dim))
+  if kernel == "fwd":
+    return 8 if area >= 128 * 64 or dp >= 128 else 4
+  return 8 if area >= 128 * 64 or dp >= 64 else 4
 
 
 def _compiler_params(cfg: _Config, num_warps: int):
@@ -181,43 +211,59 @@ def _dot_nn(a, b):
 # ----------------------------------------------------------------------------
 def _score_tile(q, k, kseg_ref, ks, start, bk, qp, qseg, slope, scale2, apply_causal, kv_len):
   """Scores of a [bq, bk] tile in log2 units: q.k * scale + ALiBi slope * (k_pos - q_pos), masked (causal when
-  `apply_causal`, segments, padded keys) with _MASK_VALUE. Shared by the forward and the dq kernel; `k` is the
+  `apply_causal`, segments, padded keys) with MASK_VALUE. Shared by the forward and the dq kernel; `k` is the
   already loaded key tile."""
   kp = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
   s = _dot_nt(q, k) * scale2 + slope * (kp - qp).astype(jnp.float32)
   kseg = None if kseg_ref is None else kseg_ref[ks][None, :]
   mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
-  return s if mask is None else jnp.where(mask, s, _MASK_VALUE)
+  return s if mask is None else jnp.where(mask, s, MASK_VALUE)
 
 
 def _split_trailing_refs(rest, cfg, num_outputs):
-  """A kernel's refs after the slopes: (q segment ids, k segment ids) when packed, then the outputs, then the
-  debug tile counter. Returns (qseg_ref, kseg_ref, outputs, cnt_ref) with None for absent ones."""
+  """A kernel's refs after the slopes: when packed, (own-block segment ids, other-axis segment ids, first and
+  end+1 block of the other axis that shares a segment with this block); then the outputs, then the debug tile
+  counter. Returns (own_seg_ref, other_seg_ref, (lo_ref, hi_ref) or None, outputs, cnt_ref)."""
   rest = list(rest)
-  qseg_ref = kseg_ref = None
+  own_seg_ref = other_seg_ref = bounds = None
   if cfg.has_segments:
-    qseg_ref, kseg_ref, rest = rest[0], rest[1], rest[2:]
+    own_seg_ref, other_seg_ref, bounds, rest = rest[0], rest[1], (rest[2], rest[3]), rest[4:]
   cnt_ref = rest[num_outputs] if cfg.debug_counts else None
-  return qseg_ref, kseg_ref, tuple(rest[:num_outputs]), cnt_ref
+  return own_seg_ref, other_seg_ref, bounds, tuple(rest[:num_outputs]), cnt_ref
 
 
-def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal):
+def _segment_bounds(bounds):
+  """(lo, hi) scalars loaded from the packed-segment block-range refs, or (None, None) when not packed."""
+  if bounds is None:
+    return None, None
+  return bounds[0][...], bounds[1][...]
+
+
+def _clip_range(start, end, lo, hi):
+  """[start, end) intersected with the segment block range [lo, hi) (no-op when not packed)."""
+  if lo is None:
+    return start, end
+  return jnp.maximum(start, lo), jnp.minimum(end, hi)
+
+
+def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal, lo=None, hi=None):
   """Runs `body(j, carry, apply_causal=...)` over the key blocks that query block `i` can see.
 
   Causal: key blocks entirely at/below the first query of the block need no causal mask; blocks up to the one
-  holding the last query need it; later blocks are fully masked and skipped (never loaded).
+  holding the last query need it; later blocks are fully masked and skipped (never loaded). Packed: only key
+  blocks in [lo, hi), the blocks holding a segment present in query block `i`, are visited.
   """
   if not causal:
-    return lax.fori_loop(0, num_k_blocks, functools.partial(body, apply_causal=False), carry)
+    return lax.fori_loop(*_clip_range(0, num_k_blocks, lo, hi), functools.partial(body, apply_causal=False), carry)
   n_full = lax.div(i * bq + 1, bk)
   n_end = lax.div((i + 1) * bq - 1, bk) + 1
-  carry = lax.fori_loop(0, n_full, functools.partial(body, apply_causal=False), carry)
-  return lax.fori_loop(n_full, n_end, functools.partial(body, apply_causal=True), carry)
+  carry = lax.fori_loop(*_clip_range(0, n_full, lo, hi), functools.partial(body, apply_causal=False), carry)
+  return lax.fori_loop(*_clip_range(n_full, n_end, lo, hi), functools.partial(body, apply_causal=True), carry)
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
                 num_k_blocks: int, kv_len: Optional[int]):
-  qseg_ref, kseg_ref, (o_ref, lse_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
+  qseg_ref, kseg_ref, bounds, (o_ref, lse_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   bq, bk = cfg.block_q, cfg.block_k
   i = pl.program_id(0)
@@ -242,10 +288,10 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
     return acc, m_new, l, cnt + 1
 
   carry = (jnp.zeros((bq, dp), jnp.float32),
-           jnp.full((bq,), _MASK_VALUE, jnp.float32),
+           jnp.full((bq,), MASK_VALUE, jnp.float32),
            jnp.zeros((bq,), jnp.float32),
            jnp.int32(0))
-  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal)
+  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal, *_segment_bounds(bounds))
   acc, m, l, cnt = carry
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log2(l)
@@ -255,7 +301,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
                *rest, cfg: _Config, num_k_blocks: int, kv_len: Optional[int]):
-  qseg_ref, kseg_ref, (dq_ref,), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=1)
+  qseg_ref, kseg_ref, bounds, (dq_ref,), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=1)
 
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
   i = pl.program_id(0)
@@ -282,7 +328,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     return dq, cnt + 1
 
   carry = (jnp.zeros(q_ref.shape, jnp.float32), jnp.int32(0))
-  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal)
+  carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal, *_segment_bounds(bounds))
   dq, cnt = carry
   dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
   if cnt_ref is not None:
@@ -292,7 +338,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
                  *rest, cfg: _Config, num_q_blocks: int,
                  kv_len: Optional[int]):
-  qseg_ref, kseg_ref, (dk_ref, dv_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
+  kseg_ref, qseg_ref, bounds, (dk_ref, dv_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   # Tiles are transposed: rows are keys, columns are queries.
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
@@ -317,7 +363,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     qseg = None if qseg_ref is None else qseg_ref[qs][None, :]
     mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
     if mask is not None:
-      st = jnp.where(mask, st, _MASK_VALUE)
+      st = jnp.where(mask, st, MASK_VALUE)
     pt = jnp.exp2(st - lse)                                # [bk, bq]
     dv = dv + _dot_nn(pt.astype(do.dtype), do)
     dpt = _dot_nt(v, do)
@@ -327,17 +373,18 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
 
   carry = (jnp.zeros(k_ref.shape, jnp.float32),
            jnp.zeros(v_ref.shape, jnp.float32), jnp.int32(0))
+  lo, hi = _segment_bounds(bounds)
   if cfg.causal:
     # Query blocks before the one holding this key block's first key are
     # fully masked (skipped); blocks from i_full on see every key of the block.
     i_lo = lax.div(j * bk, bq)
     i_full = jnp.minimum(lax.div((j + 1) * bk + bq - 2, bq), num_q_blocks)
-    carry = lax.fori_loop(i_lo, i_full,
+    carry = lax.fori_loop(*_clip_range(i_lo, i_full, lo, hi),
                           functools.partial(body, apply_causal=True), carry)
-    carry = lax.fori_loop(i_full, num_q_blocks,
+    carry = lax.fori_loop(*_clip_range(i_full, num_q_blocks, lo, hi),
                           functools.partial(body, apply_causal=False), carry)
   else:
-    carry = lax.fori_loop(0, num_q_blocks,
+    carry = lax.fori_loop(*_clip_range(0, num_q_blocks, lo, hi),
                           functools.partial(body, apply_causal=False), carry)
   dk, dv, cnt = carry
   dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
@@ -355,6 +402,10 @@ def _kv_len(cfg: _Config, padded_len: int) -> Optional[int]:
   if cfg.causal or padded_len == cfg.seq_len:
     return None
   return cfg.seq_len
+
+
+def _scalar_per_block_spec():
+  return pl.BlockSpec((None, None), lambda i, b, h: (b, i))
 
 
 def _seq_block_spec(block: int, dp: int):
@@ -377,8 +428,9 @@ def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
   args = [q, k, v, slope_rows]
   if cfg.has_segments:
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0))]
-    args += [seg, seg]
+                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
+                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    args += [seg, seg, *segment_block_ranges(segment_extent(seg), bq, bk)]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
                jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
   out_specs = [_seq_block_spec(bq, dp),
@@ -386,7 +438,7 @@ def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
   if cfg.debug_counts:
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i)))
-  num_warps = cfg.num_warps or (4 if dp <= 64 else 8)
+  num_warps = cfg.num_warps or default_num_warps("fwd", bq, bk, dp)
   kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=nk,
                              kv_len=_kv_len(cfg, tp))
   return pl.pallas_call(
@@ -409,8 +461,7 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   # delta_i = sum_d o_id * do_id (fp32), laid out like lse: [B, H, Tp].
   delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32),
                      do.astype(jnp.float32))
-  num_warps = cfg.num_warps or (4 if bq * bk <= 64 * 64 or dp <= 64 else 8)
-  cp = _compiler_params(cfg, num_warps)
+  warps = lambda kernel: cfg.num_warps or default_num_warps(kernel, bq, bk, dp)
 
   # dq: grid over query blocks.
   row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
@@ -421,9 +472,11 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bq))]
   if cfg.has_segments:
+    extent = segment_extent(seg)
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0))]
-    args += [seg, seg]
+                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
+                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    args += [seg, seg, *segment_block_ranges(extent, bq, bk)]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
   out_specs = [_seq_block_spec(bq, dp)]
   if cfg.debug_counts:
@@ -433,7 +486,7 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
       functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, kv_len=kv_len),
       grid=(nq, bsz, nh),
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=cp, interpret=cfg.interpret, name="flash_alibi_bwd_dq",
+      compiler_params=_compiler_params(cfg, warps("dq")), interpret=cfg.interpret, name="flash_alibi_bwd_dq",
   )(*args)
 
   # dk, dv: grid over key blocks.
@@ -445,9 +498,10 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bk))]
   if cfg.has_segments:
-    in_specs += [pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
-                 pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
-    args += [seg, seg]
+    in_specs += [pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
+                 pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
+                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    args += [seg, seg, *segment_block_ranges(extent, bk, bq)]
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype),
                jax.ShapeDtypeStruct(v.shape, v.dtype)]
   out_specs = [_seq_block_spec(bk, dp), _seq_block_spec(bk, dp)]
@@ -458,7 +512,8 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
       functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq, kv_len=kv_len),
       grid=(nk, bsz, nh),
       in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=cp, interpret=cfg.interpret, name="flash_alibi_bwd_dkdv",
+      compiler_params=_compiler_params(cfg, warps("dkdv")), interpret=cfg.interpret,
+      name="flash_alibi_bwd_dkdv",
   )(*args)
   return dq_out, dkdv_out
 
@@ -486,26 +541,6 @@ _flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
 # ----------------------------------------------------------------------------
 # Front end
 # ----------------------------------------------------------------------------
-def _resolve_sm_scale(sm_scale, head_dim):
-  return float(1.0 / math.sqrt(head_dim)) if sm_scale is None else float(sm_scale)
-
-
-def _check_inputs(q, k, v, slopes, segment_ids):
-  if q.ndim != 4:
-    raise ValueError(f"q must be [batch, seq, heads, head_dim], got {q.shape}")
-  if k.shape != q.shape or v.shape != q.shape:
-    raise NotImplementedError(
-        "flash_alibi_attention supports self-attention with identical q/k/v "
-        f"shapes only (no GQA/MQA, no kv cache); got q{q.shape} k{k.shape} "
-        f"v{v.shape}.")
-  if tuple(jnp.shape(slopes)) != (q.shape[2],):
-    raise ValueError(
-        f"slopes must have shape [heads]=({q.shape[2]},), got {jnp.shape(slopes)}")
-  if segment_ids is not None and tuple(segment_ids.shape) != q.shape[:2]:
-    raise ValueError(f"segment_ids must be [batch, seq]={q.shape[:2]}, got "
-                     f"{segment_ids.shape}")
-
-
 def _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret):
   """Validates and returns (bq, bk, bbq, bbk, padded_len, padded_head_dim)."""
   _, t, _, d = q.shape
@@ -535,7 +570,7 @@ def _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret):
   bq, bk = min(block_q, cap), min(block_k, cap)
   bbq, bbk = min(bwd_block_q, cap), min(bwd_block_k, cap)
   mult = math.lcm(bq, bk, bbq, bbk)
-  return bq, bk, bbq, bbk, _round_up(t, mult), dp
+  return bq, bk, bbq, bbk, round_up(t, mult), dp
 
 
 def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
@@ -546,7 +581,7 @@ def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
                                           bwd_block_k, interpret)
   cfg = _Config(seq_len=t, block_q=bq, block_k=bk, bwd_block_q=bbq,
                 bwd_block_k=bbk, head_dim=d,
-                sm_scale=_resolve_sm_scale(sm_scale, d), causal=bool(causal),
+                sm_scale=resolve_sm_scale(sm_scale, d), causal=bool(causal),
                 has_segments=segment_ids is not None, interpret=bool(interpret),
                 num_warps=num_warps, num_stages=num_stages,
                 debug_counts=debug_counts)
@@ -563,11 +598,18 @@ def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
   return cfg, q, k, v, slopes2, seg
 
 
+def _resolve_tiles(head_dim, block_q, block_k, bwd_block_q, bwd_block_k):
+  """Caller's tiles, else the defaults for this head_dim; the backward tiles never exceed the forward ones."""
+  fbq, fbk, fbbq, fbbk = default_tiles(head_dim)
+  block_q, block_k = block_q or fbq, block_k or fbk
+  return block_q, block_k, bwd_block_q or min(block_q, fbbq), bwd_block_k or min(block_k, fbbk)
+
+
 def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
-                          sm_scale=None, block_q=128, block_k=128,
+                          sm_scale=None, block_q=None, block_k=None,
                           interpret=None, implementation=None,
                           bwd_block_q=None, bwd_block_k=None, num_warps=None,
-                          num_stages=2):
+                          num_stages=None):
   """Fused causal/packed ALiBi attention.  See the module docstring.
 
   Args:
@@ -577,18 +619,22 @@ def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
       across different ids.
     causal: mask keys after the query position.
     sm_scale: score scale, default ``1/sqrt(head_dim)``.
-    block_q, block_k: forward tile sizes (powers of two >= 16 on GPU).
+    block_q, block_k: forward tile sizes (powers of two >= 16 on GPU);
+      default ``default_tiles(head_dim)``.
     interpret: run the Pallas kernels in interpret mode.  ``None`` -> True
       unless the default backend is GPU (or TPU, which uses the TPU path).
     implementation: ``None`` (auto), ``'triton'`` (Pallas kernels; compiled
       unless ``interpret``), ``'tpu'``, or ``'reference'`` (blockwise jnp).
-    bwd_block_q, bwd_block_k: backward tiles (default ``min(block, 64)``).
-    num_warps, num_stages: Triton launch parameters (GPU only).
+    bwd_block_q, bwd_block_k: backward tiles (default: the head_dim's default
+      backward tile, capped at the forward tile).
+    num_warps: Triton warps for all three kernels (default
+      ``default_num_warps`` per kernel); num_stages: software pipelining
+      depth (default ``default_num_stages(head_dim)``).  GPU only.
 
   Returns:
     ``[batch, seq, heads, head_dim]`` in q's dtype.
   """
-  _check_inputs(q, k, v, slopes, segment_ids)
+  check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
   if k.dtype != q.dtype or v.dtype != q.dtype:
     k, v = k.astype(q.dtype), v.astype(q.dtype)
   impl = implementation
@@ -612,27 +658,27 @@ def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
   if impl == "reference":
     return flash_alibi_reference(q, k, v, slopes=slopes,
                                  segment_ids=segment_ids, causal=causal,
-                                 sm_scale=sm_scale, block_k=max(block_k, 128))
+                                 sm_scale=sm_scale, block_k=max(block_k or 128, 128))
   if impl == "tpu":
     return _tpu_flash(q, k, v, slopes=slopes, segment_ids=segment_ids,
                       causal=causal, sm_scale=sm_scale)
   if impl != "triton":
     raise ValueError(f"unknown implementation {implementation!r}")
   interpret = bool(interpret)
-  bwd_block_q = bwd_block_q or min(block_q, 64)
-  bwd_block_k = bwd_block_k or min(block_k, 64)
+  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(
+      q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
       q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
       block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
       bwd_block_k=bwd_block_k, interpret=interpret, num_warps=num_warps,
-      num_stages=num_stages)
+      num_stages=num_stages or default_num_stages(q.shape[-1]))
   out = _flash_core(cfg, qp, kp, vp, slopes2, seg)
   bsz, t, nh, d = q.shape
   return out[:, :t, :, :d]
 
 
 def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
-                             sm_scale=None, block_q=128, block_k=128,
+                             sm_scale=None, block_q=None, block_k=None,
                              bwd_block_q=None, bwd_block_k=None,
                              interpret=True):
   """Debug helper: how many tiles each kernel program actually processed.
@@ -643,14 +689,14 @@ def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
   inner-loop iterations (loaded key/query tiles).  With causal masking a
   dense kernel would report ``num_blocks`` everywhere.
   """
-  _check_inputs(q, k, v, slopes, segment_ids)
-  bwd_block_q = bwd_block_q or min(block_q, 64)
-  bwd_block_k = bwd_block_k or min(block_k, 64)
+  check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
+  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(
+      q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
       q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
       block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
       bwd_block_k=bwd_block_k, interpret=interpret, num_warps=None,
-      num_stages=2, debug_counts=True)
+      num_stages=default_num_stages(q.shape[-1]), debug_counts=True)
   o, lse, cnt_f = _fwd_call(cfg, qp, kp, vp, slopes2, seg)
   do = jnp.ones_like(o)
   (_, cnt_dq), (_, _, cnt_kv) = _bwd_calls(cfg, qp, kp, vp, slopes2, seg, o,
@@ -664,40 +710,8 @@ def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
 # TPU path
 # ----------------------------------------------------------------------------
 def _tpu_flash(q, k, v, *, slopes, segment_ids, causal, sm_scale):
-  bsz, t, nh, d = q.shape
-  tp = _round_up(t, 128)
-  bias_bytes = bsz * nh * tp * tp * 4
-  if bias_bytes > _TPU_MAX_BIAS_BYTES:
-    _warn_once(
-        "tpu_bias_too_big",
-        "flash_alibi_attention on TPU: the Pallas TPU flash-attention op only "
-        "accepts a materialised [B, H, T, T] additive bias "
-        f"({bias_bytes / 2**30:.1f} GiB here); using the blockwise jnp "
-        "reference instead.")
-    return flash_alibi_reference(q, k, v, slopes=slopes,
-                                 segment_ids=segment_ids, causal=causal,
-                                 sm_scale=sm_scale)
-  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa
-  scale = _resolve_sm_scale(sm_scale, d)
-
-  def to_bhtd(x):
-    x = jnp.swapaxes(x, 1, 2)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, tp - t), (0, 0))) if tp != t else x
-
-  pos = jnp.arange(tp, dtype=jnp.float32)
-  sl = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
-  # The TPU kernel computes (q.k + ab) * sm_scale, so the bias is pre-divided.
-  ab = (sl / scale)[:, None, None] * (pos[None, None, :] - pos[None, :, None])
-  ab = lax.stop_gradient(jnp.broadcast_to(ab[None], (bsz, nh, tp, tp)))
-  seg = None
-  if segment_ids is not None or (tp != t and not causal):
-    base = (jnp.zeros((bsz, t), jnp.int32) if segment_ids is None
-            else segment_ids.astype(jnp.int32))
-    base = jnp.pad(base, ((0, 0), (0, tp - t)), constant_values=-1)
-    seg = tpu_fa.SegmentIds(q=base, kv=base)
-  out = tpu_fa.flash_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v), ab=ab,
-                               segment_ids=seg, causal=causal, sm_scale=scale)
-  return jnp.swapaxes(out[:, :, :t], 1, 2).astype(q.dtype)
+  from gpt_plugin.kernels.flash_alibi_tpu import flash_alibi_tpu  # pylint: disable=import-outside-toplevel
+  return flash_alibi_tpu(q, k, v, slopes=slopes, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
 
 
 # ----------------------------------------------------------------------------
@@ -715,7 +729,7 @@ def _ref_chunks(cfg: _RefConfig, k, v, seg):
   """Pads keys to whole chunks: [n, B, H, blk, D] fp32 and [n, B, blk]."""
   bsz, t, nh, d = k.shape
   blk = cfg.block_k
-  tp = _round_up(t, blk)
+  tp = round_up(t, blk)
   n = tp // blk
 
   def chunk(x):
@@ -755,7 +769,7 @@ def _ref_forward(cfg, q, k, v, slopes, seg):
     j, kj, vj = xs[:3]
     segj = xs[3] if seg is not None else None
     s, mask = _ref_scores(cfg, qf, kj, j, slopes, seg, segj)
-    s = jnp.where(mask, s, _MASK_VALUE)
+    s = jnp.where(mask, s, MASK_VALUE)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     alpha = jnp.exp(m - m_new)
     p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
@@ -764,7 +778,7 @@ def _ref_forward(cfg, q, k, v, slopes, seg):
         "bhqk,bhkd->bhqd", p, vj, precision=lax.Precision.HIGHEST)
     return (m_new, l, acc), None
 
-  init = (jnp.full((bsz, nh, t), _MASK_VALUE, jnp.float32),
+  init = (jnp.full((bsz, nh, t), MASK_VALUE, jnp.float32),
           jnp.zeros((bsz, nh, t), jnp.float32),
           jnp.zeros((bsz, nh, t, d), jnp.float32))
   xs = (jnp.arange(n), kc, vc) + ((segc,) if seg is not None else ())
@@ -830,10 +844,10 @@ def flash_alibi_reference(q, k, v, *, slopes, segment_ids=None, causal=True,
   VJP recomputing each chunk's scores), so it is usable for long sequences
   on any backend.
   """
-  _check_inputs(q, k, v, slopes, segment_ids)
+  check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
   t = q.shape[1]
   cfg = _RefConfig(seq_len=t, block_k=max(1, min(int(block_k), t)),
                    causal=bool(causal),
-                   sm_scale=_resolve_sm_scale(sm_scale, q.shape[-1]))
+                   sm_scale=resolve_sm_scale(sm_scale, q.shape[-1]))
   slopes = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
   return _ref_core(cfg, q, k, v, slopes, segment_ids)
