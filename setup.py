@@ -29,6 +29,8 @@ EXTRAS_REQUIRE = {
     "cache": ["apache-beam==2.77.0", "google-crc32c"],
     # Reference PyTorch model for conversion tests; CPU wheel.
     "torch": ["torch==2.13.0"],
+    # Triton compiler for benchmarks/kernel_resources.py (registers/spills of the flash kernels, no GPU needed).
+    "kernels": ["triton==3.5.1"],
 }
 
 setuptools.setup(

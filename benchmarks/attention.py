@@ -231,12 +231,14 @@ def main(argv=None):
                  help="default: xla cudnn cudnn_nobias flash_alibi pallas_mha")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--block-q", type=int, default=128)
-  p.add_argument("--block-k", type=int, default=128)
+  # Kernel options; None = the kernel's defaults for the head_dim (fa.default_tiles / default_num_warps /
+  # default_num_stages).
+  p.add_argument("--block-q", type=int, default=None)
+  p.add_argument("--block-k", type=int, default=None)
   p.add_argument("--bwd-block-q", type=int, default=None)
   p.add_argument("--bwd-block-k", type=int, default=None)
   p.add_argument("--num-warps", type=int, default=None)
-  p.add_argument("--num-stages", type=int, default=2)
+  p.add_argument("--num-stages", type=int, default=None)
   p.add_argument("--sweep", action="store_true",
                  help="also time flash_alibi over a grid of tile sizes")
   p.add_argument("--grad-check-max-t", type=int, default=4096)
@@ -268,17 +270,18 @@ def main(argv=None):
       rows += run_config(args, args.batch, args.heads, t, d, impls)
       if args.sweep and "flash_alibi" in impls:
         base = dict(vars(args))
-        for bq, bk, bbq, bbk, nw in [(128, 64, 64, 64, 4), (128, 64, 64, 64, 8),
-                                     (128, 128, 64, 64, 8), (64, 64, 64, 64, 4),
-                                     (128, 128, 128, 64, 8), (64, 128, 32, 32, 4)]:
+        # Spill-free candidates on sm_90 per benchmarks/kernel_resources.py (warps None = the kernel's rule).
+        for bq, bk, bbq, bbk, nw, ns in [(128, 64, 64, 64, None, 2), (128, 128, 64, 64, 8, 2),
+                                         (128, 64, 64, 64, None, 4), (64, 64, 64, 64, None, 3),
+                                         (128, 64, 64, 32, None, 3), (128, 64, 32, 64, None, 3)]:
           args.block_q, args.block_k = bq, bk
-          args.bwd_block_q, args.bwd_block_k, args.num_warps = bbq, bbk, nw
+          args.bwd_block_q, args.bwd_block_k, args.num_warps, args.num_stages = bbq, bbk, nw, ns
           for r in run_config(args, args.batch, args.heads, t, d,
                               ["flash_alibi"]):
-            r["impl"] = f"flash_alibi[{bq}x{bk},bwd{bbq}x{bbk},w{nw}]"
+            r["impl"] = f"flash_alibi[{bq}x{bk},bwd{bbq}x{bbk},w{nw or 'rule'},s{ns}]"
             rows.append(r)
         for key in ("block_q", "block_k", "bwd_block_q", "bwd_block_k",
-                    "num_warps"):
+                    "num_warps", "num_stages"):
           setattr(args, key, base[key])
   print_summary(rows, args.target_t, args.target_ratio)
   if args.json:
