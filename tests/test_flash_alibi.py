@@ -329,6 +329,21 @@ def test_unsupported_configurations_raise():
     fa.flash_alibi_attention(x, x, x, slopes=jnp.ones((3,)))
 
 
+def test_auto_choice_falls_back_with_a_warning_where_the_kernel_cannot_run(monkeypatch):
+  """On a GPU, head_dim > 256 cannot use the Triton tiles: the automatic choice warns once, naming the value, and
+  returns the blockwise reference's result; asking for the Triton kernel explicitly raises."""
+  q, k, v, _, _ = make_inputs(1, 40, 2, 320, seed=21)
+  slopes = jnp.asarray([0.5, 0.25], jnp.float32)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  fa._WARNED.discard("unsupported_triton_float32_320")
+  with pytest.warns(UserWarning, match="head_dim <= 256, not 320"):
+    out = fa.flash_alibi_attention(q, k, v, slopes=slopes)
+  ref, _ = np_attention(q, k, v, np.asarray(slopes), None, True, 1.0 / math.sqrt(320))
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-5)
+  with pytest.raises(NotImplementedError, match="head_dim=320"):
+    fa.flash_alibi_attention(q, k, v, slopes=slopes, implementation="triton", interpret=False)
+
+
 def test_lowers_to_triton_for_cuda():
   """Cross-platform lowering: the kernels lower to Triton IR custom calls.
 

@@ -31,6 +31,9 @@ Backends (``implementation=None`` picks one):
     ``interpret=False`` on CPU warns and uses ``flash_alibi_reference``.
   * TPU: ``gpt_plugin.kernels.flash_alibi_tpu`` (Pallas Mosaic kernels with
     the same in-tile ALiBi, causal and packed-segment block skipping).
+  Inputs the chosen kernel cannot take (head_dim > 256 or an unsupported
+  dtype) warn once and use ``flash_alibi_reference``; an explicit
+  ``implementation=`` raises instead.
 
 Causal block skipping: the forward and dq kernels loop only over key blocks
 ``<= `` the diagonal block of their query block, the dk/dv kernel only over
@@ -598,6 +601,18 @@ def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
   return cfg, q, k, v, slopes2, seg
 
 
+def _unsupported_by(impl: str, q, interpret: bool) -> Optional[str]:
+  """Why the automatically chosen kernel cannot take these inputs, or None."""
+  if impl == "triton" and not interpret:
+    if q.dtype not in _SUPPORTED_DTYPES:
+      return f"the Triton kernel takes bf16/f16/f32, not {q.dtype}"
+    if q.shape[-1] > _GPU_MAX_HEAD_DIM:
+      return f"the Triton kernel's tiles hold head_dim <= {_GPU_MAX_HEAD_DIM}, not {q.shape[-1]}"
+  if impl == "tpu" and q.dtype not in (jnp.bfloat16, jnp.float32):
+    return f"the TPU kernel takes bf16/f32, not {q.dtype}"
+  return None
+
+
 def _resolve_tiles(head_dim, block_q, block_k, bwd_block_q, bwd_block_k):
   """Caller's tiles, else the defaults for this head_dim; the backward tiles never exceed the forward ones."""
   fbq, fbk, fbbq, fbbk = default_tiles(head_dim)
@@ -654,6 +669,12 @@ def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
           f"flash_alibi_attention: interpret=False on backend '{platform}' "
           "cannot compile the Triton kernel; using the blockwise jnp "
           "reference (flash_alibi_reference) instead.")
+      impl = "reference"
+    reason = _unsupported_by(impl, q, bool(interpret))
+    if reason:
+      _warn_once(f"unsupported_{impl}_{q.dtype}_{q.shape[-1]}",
+                 f"flash_alibi_attention: {reason}; using the blockwise jnp reference (flash_alibi_reference) "
+                 "instead (pass implementation= to make this an error).")
       impl = "reference"
   if impl == "reference":
     return flash_alibi_reference(q, k, v, slopes=slopes,
