@@ -420,6 +420,7 @@ def _full_seq_spec(tp: int, dp: int):
 
 
 def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
+  """seg: None, or (padded segment ids [B, Tp], their segment_extent)."""
   bsz, tp, nh, dp = q.shape
   bq, bk = cfg.block_q, cfg.block_k
   nq, nk = tp // bq, tp // bk
@@ -433,7 +434,8 @@ def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
                  pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
                  _scalar_per_block_spec(), _scalar_per_block_spec()]
-    args += [seg, seg, *segment_block_ranges(segment_extent(seg), bq, bk)]
+    ids, extent = seg
+    args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
                jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
   out_specs = [_seq_block_spec(bq, dp),
@@ -475,11 +477,11 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bq))]
   if cfg.has_segments:
-    extent = segment_extent(seg)
+    ids, extent = seg
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
                  pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
                  _scalar_per_block_spec(), _scalar_per_block_spec()]
-    args += [seg, seg, *segment_block_ranges(extent, bq, bk)]
+    args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
   out_specs = [_seq_block_spec(bq, dp)]
   if cfg.debug_counts:
@@ -504,7 +506,7 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
     in_specs += [pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
                  pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
                  _scalar_per_block_spec(), _scalar_per_block_spec()]
-    args += [seg, seg, *segment_block_ranges(extent, bk, bq)]
+    args += [ids, ids, *segment_block_ranges(extent, bk, bq)]
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype),
                jax.ShapeDtypeStruct(v.shape, v.dtype)]
   out_specs = [_seq_block_spec(bk, dp), _seq_block_spec(bk, dp)]
@@ -534,7 +536,7 @@ def _flash_core_fwd(cfg, q, k, v, slopes2, seg):
 def _flash_core_bwd(cfg, res, do):
   q, k, v, slopes2, seg, o, lse = res
   (dq,), (dk, dv) = _bwd_calls(cfg, q, k, v, slopes2, seg, o, lse, do)
-  # slopes are constants (no bias gradient); segment ids are integers.
+  # slopes are constants (no bias gradient); segment ids (and their extents) are integers.
   return dq, dk, dv, jnp.zeros_like(slopes2), None
 
 
@@ -595,8 +597,11 @@ def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
   if segment_ids is not None:
     # Padded positions get their own segment id (-1 is never compared with a
     # real query because real queries are kept, padded ones are dropped).
-    seg = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, tp - t)),
+    ids = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, tp - t)),
                   constant_values=-1)
+    # With each segment's first/last position, computed once for the forward
+    # and both backward kernels (their packed block ranges).
+    seg = (ids, segment_extent(ids))
   slopes2 = lax.stop_gradient(jnp.asarray(slopes, jnp.float32)) * _LOG2E
   return cfg, q, k, v, slopes2, seg
 
