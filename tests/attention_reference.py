@@ -45,6 +45,14 @@ def np_attention_grads(q, k, v, p, do, scale):
   return dq, dk, dv
 
 
+def assert_matches_float64(out, grads, q, k, v, w, slopes, seg, causal, scale):
+  """fp32 kernel output and (dq, dk, dv) of sum(w * out) against the float64 reference."""
+  ref, p = np_attention(q, k, v, slopes, seg, causal, scale)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+  for got, want in zip(grads, np_attention_grads(q, k, v, p, w, scale)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+
+
 def make_segments(batch, t, rng, padded_rows=1):
   """Random packing: each row is 1-4 contiguous documents; rows with b % 2 == padded_rows end in a 0-id padding
   run (T5X convention)."""

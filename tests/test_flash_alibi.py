@@ -17,7 +17,8 @@ import pytest
 
 from gpt_plugin.kernels import flash_alibi as fa
 from gpt_plugin.kernels.common import segment_extent
-from attention_reference import make_segments, np_attention, np_attention_grads, np_slopes, rel_err
+from attention_reference import (assert_matches_float64, make_segments, np_attention, np_attention_grads, np_slopes,
+                                 rel_err)
 
 
 # ----------------------------------------------------------------------------
@@ -68,12 +69,8 @@ def test_flash_alibi_fp32_matches_numpy(t, heads, d, causal, packed, bq, bk):
         causal=causal, block_q=bq, block_k=bk, interpret=None)
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
-  ref, p = np_attention(q, k, v, slopes, seg, causal, scale)
-  rdq, rdk, rdv = np_attention_grads(q, k, v, p, w, scale)
   assert out.shape == q.shape
-  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
-  for got, want in ((dq, rdq), (dk, rdk), (dv, rdv)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+  assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, causal, scale)
 
 
 def test_flash_alibi_bf16_relative_error():
@@ -144,11 +141,7 @@ def test_reference_fallback_matches_numpy(t, causal, packed, block):
         causal=causal, block_k=block)
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
-  ref, p = np_attention(q, k, v, slopes, seg, causal, scale)
-  refs = np_attention_grads(q, k, v, p, w, scale)
-  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
-  for got, want in zip((dq, dk, dv), refs):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+  assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, causal, scale)
 
 
 def test_interpret_false_on_cpu_falls_back_to_reference():
@@ -298,10 +291,7 @@ def test_segments_that_are_not_one_run_stay_exact(layout):
                                     bwd_block_q=32, bwd_block_k=16, interpret=None)
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
-  ref, p = np_attention(q, k, v, slopes, seg, True, scale)
-  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
-  for got, want in zip((dq, dk, dv), np_attention_grads(q, k, v, p, w, scale)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+  assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, True, scale)
 
 
 # ----------------------------------------------------------------------------
@@ -433,7 +423,4 @@ def test_tpu_path_in_tpu_interpret_mode():
 
   with pltpu.force_tpu_interpret_mode():
     out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
-  ref, p = np_attention(q, k, v, slopes, seg, True, scale)
-  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
-  for got, want in zip((dq, dk, dv), np_attention_grads(q, k, v, p, w, scale)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+  assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, True, scale)
