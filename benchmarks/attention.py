@@ -21,6 +21,7 @@ errors (dq, dk, dv, worst of the three) are computed for T <= --grad-check-max-t
   python benchmarks/attention.py                   # GPU: T=1k..16k, D=64,128
   python benchmarks/attention.py --seq-lens 8192 --head-dims 64 --sweep
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gpt_plugin.kernels import flash_alibi as fa  # noqa: E402
 
-ALL_IMPLS = ("xla", "cudnn", "cudnn_nobias", "flash_alibi", "pallas_mha",
-             "reference")
+ALL_IMPLS = ("xla", "cudnn", "cudnn_nobias", "flash_alibi", "pallas_mha", "reference")
 GPU_ONLY = ("cudnn", "cudnn_nobias", "pallas_mha")
 
 
@@ -59,13 +59,11 @@ def reference_f32(q, k, v, slopes):
 
   def one_head(args):
     qh, kh, vh, s = args  # [B, T, D]
-    logits = jnp.einsum("bqd,bkd->bqk", qh, kh,
-                        precision=jax.lax.Precision.HIGHEST) * scale
+    logits = jnp.einsum("bqd,bkd->bqk", qh, kh, precision=jax.lax.Precision.HIGHEST) * scale
     logits = logits + s * (pos[None, :] - pos[:, None]).astype(jnp.float32)
     logits = jnp.where(causal, logits, -jnp.inf)
     p = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum("bqk,bkd->bqd", p, vh,
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("bqk,bkd->bqd", p, vh, precision=jax.lax.Precision.HIGHEST)
 
   to_h = lambda x: jnp.moveaxis(x.astype(jnp.float32), 2, 0)  # [H, B, T, D]
   out = jax.lax.map(one_head, (to_h(q), to_h(k), to_h(v), slopes))
@@ -75,29 +73,29 @@ def reference_f32(q, k, v, slopes):
 def make_impl(name, slopes, t, dtype, args):
   if name == "xla":
     bias = alibi_bias(slopes, t, dtype)
-    return lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, bias=bias, is_causal=True, implementation="xla")
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="xla")
   if name == "cudnn":
     bias = alibi_bias(slopes, t, dtype)
-    return lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, bias=bias, is_causal=True, implementation="cudnn")
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="cudnn")
   if name == "cudnn_nobias":
-    return lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation="cudnn")
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
   if name == "flash_alibi":
-    kw = dict(block_q=args.block_q, block_k=args.block_k,
-              bwd_block_q=args.bwd_block_q, bwd_block_k=args.bwd_block_k,
-              num_warps=args.num_warps, num_stages=args.num_stages)
-    return lambda q, k, v: fa.flash_alibi_attention(
-        q, k, v, slopes=slopes, causal=True, **kw)
+    kw = dict(
+      block_q=args.block_q,
+      block_k=args.block_k,
+      bwd_block_q=args.bwd_block_q,
+      bwd_block_k=args.bwd_block_k,
+      num_warps=args.num_warps,
+      num_stages=args.num_stages,
+    )
+    return lambda q, k, v: fa.flash_alibi_attention(q, k, v, slopes=slopes, causal=True, **kw)
   if name == "pallas_mha":
     from jax.experimental.pallas.ops.gpu import attention as pmha
+
     d = args._head_dim
-    return lambda q, k, v: pmha.mha(q, k, v, None, sm_scale=1.0 / math.sqrt(d),
-                                    causal=True)
+    return lambda q, k, v: pmha.mha(q, k, v, None, sm_scale=1.0 / math.sqrt(d), causal=True)
   if name == "reference":
-    return lambda q, k, v: fa.flash_alibi_reference(q, k, v, slopes=slopes,
-                                                    causal=True)
+    return lambda q, k, v: fa.flash_alibi_reference(q, k, v, slopes=slopes, causal=True)
   raise ValueError(name)
 
 
@@ -129,16 +127,16 @@ def run_config(args, b, h, t, d, impls):
   dtype = jnp.dtype(args.dtype)
   key = jax.random.PRNGKey(t * 131 + d)
   kq, kk, kv, kw = jax.random.split(key, 4)
-  q, k, v, w = (jax.random.normal(x, (b, t, h, d), jnp.float32)
-                for x in (kq, kk, kv, kw))
+  q, k, v, w = (jax.random.normal(x, (b, t, h, d), jnp.float32) for x in (kq, kk, kv, kw))
   q, k, v = (x.astype(dtype) for x in (q, k, v))
   slopes = jnp.asarray(fa.alibi_slopes(h))
 
   ref_out = jax.jit(reference_f32)(q, k, v, slopes)
   ref_grads = None
   if t <= args.grad_check_max_t:
-    _, vjp = jax.vjp(lambda *a: reference_f32(*a, slopes), q.astype(jnp.float32),
-                     k.astype(jnp.float32), v.astype(jnp.float32))
+    _, vjp = jax.vjp(
+      lambda *a: reference_f32(*a, slopes), q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)
+    )
     ref_grads = jax.jit(vjp)(w)
   fwd_flops, total_flops = causal_flops(b, h, t, d)
 
@@ -176,35 +174,40 @@ def run_config(args, b, h, t, d, impls):
 def format_row(r):
   def f(key, fmt):
     return format(r[key], fmt) if key in r else "-"
+
   if "error" in r:
-    return (f"{r['impl']:>13} T={r['T']:>6} D={r['D']:>4}  "
-            f"FAILED {r['error']}")
-  return (f"{r['impl']:>13} T={r['T']:>6} D={r['D']:>4}  "
-          f"fwd {f('fwd_ms', '9.3f')} ms  fwd+bwd {f('fwd_bwd_ms', '9.3f')} ms  "
-          f"({f('fwd_bwd_tflops', '7.2f')} TFLOP/s)  "
-          f"err_out {f('err_out', '.2e')}  err_grad {f('err_grad', '.2e')}")
+    return f"{r['impl']:>13} T={r['T']:>6} D={r['D']:>4}  FAILED {r['error']}"
+  return (
+    f"{r['impl']:>13} T={r['T']:>6} D={r['D']:>4}  "
+    f"fwd {f('fwd_ms', '9.3f')} ms  fwd+bwd {f('fwd_bwd_ms', '9.3f')} ms  "
+    f"({f('fwd_bwd_tflops', '7.2f')} TFLOP/s)  "
+    f"err_out {f('err_out', '.2e')}  err_grad {f('err_grad', '.2e')}"
+  )
 
 
 def print_summary(rows, target_t, target_ratio):
-  print("\n| impl | B | H | T | D | fwd ms | fwd+bwd ms | fwd+bwd TFLOP/s | "
-        "max rel err out | max rel err grad | fwd+bwd / cudnn_nobias |")
+  print(
+    "\n| impl | B | H | T | D | fwd ms | fwd+bwd ms | fwd+bwd TFLOP/s | "
+    "max rel err out | max rel err grad | fwd+bwd / cudnn_nobias |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|")
-  base = {(r["T"], r["D"]): r.get("fwd_bwd_ms") for r in rows
-          if r["impl"] == "cudnn_nobias"}
+  base = {(r["T"], r["D"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == "cudnn_nobias"}
   for r in rows:
+
     def f(key, fmt):
       return format(r[key], fmt) if key in r else "-"
+
     b = base.get((r["T"], r["D"]))
-    ratio = (format(r["fwd_bwd_ms"] / b, ".2f")
-             if b and "fwd_bwd_ms" in r else "-")
+    ratio = format(r["fwd_bwd_ms"] / b, ".2f") if b and "fwd_bwd_ms" in r else "-"
     if "error" in r:
-      print(f"| {r['impl']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} | "
-            f"failed: {r['error'][:60]} | | | | | |")
+      print(f"| {r['impl']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} | failed: {r['error'][:60]} | | | | | |")
       continue
-    print(f"| {r['impl']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} | "
-          f"{f('fwd_ms', '.3f')} | {f('fwd_bwd_ms', '.3f')} | "
-          f"{f('fwd_bwd_tflops', '.2f')} | {f('err_out', '.2e')} | "
-          f"{f('err_grad', '.2e')} | {ratio} |")
+    print(
+      f"| {r['impl']} | {r['B']} | {r['H']} | {r['T']} | {r['D']} | "
+      f"{f('fwd_ms', '.3f')} | {f('fwd_bwd_ms', '.3f')} | "
+      f"{f('fwd_bwd_tflops', '.2f')} | {f('err_out', '.2e')} | "
+      f"{f('err_grad', '.2e')} | {ratio} |"
+    )
   print()
   for r in rows:
     if r["impl"] == "flash_alibi" and r["T"] == target_t and "fwd_bwd_ms" in r:
@@ -212,23 +215,23 @@ def print_summary(rows, target_t, target_ratio):
       if b:
         ratio = r["fwd_bwd_ms"] / b
         verdict = "MET" if ratio <= target_ratio else "NOT met"
-        print(f"target T={target_t} D={r['D']}: flash_alibi / cudnn_nobias = "
-              f"{ratio:.2f} (target <= {target_ratio}) -> {verdict}")
+        print(
+          f"target T={target_t} D={r['D']}: flash_alibi / cudnn_nobias = "
+          f"{ratio:.2f} (target <= {target_ratio}) -> {verdict}"
+        )
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--smoke", action="store_true",
-                 help="tiny sizes (B=1,H=4,T=128,256,D=32), runs on CPU")
-  p.add_argument("--seq-lens", type=int, nargs="+",
-                 default=[1024, 2048, 4096, 8192, 16384])
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--smoke", action="store_true", help="tiny sizes (B=1,H=4,T=128,256,D=32), runs on CPU")
+  p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
   p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--heads", type=int, default=16)
   p.add_argument("--dtype", default="bfloat16")
-  p.add_argument("--impls", nargs="+", default=None, choices=ALL_IMPLS,
-                 help="default: xla cudnn cudnn_nobias flash_alibi pallas_mha")
+  p.add_argument(
+    "--impls", nargs="+", default=None, choices=ALL_IMPLS, help="default: xla cudnn cudnn_nobias flash_alibi pallas_mha"
+  )
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=10)
   # Kernel options; None = the kernel's defaults for the head_dim (fa.default_tiles / default_num_warps /
@@ -239,8 +242,7 @@ def main(argv=None):
   p.add_argument("--bwd-block-k", type=int, default=None)
   p.add_argument("--num-warps", type=int, default=None)
   p.add_argument("--num-stages", type=int, default=None)
-  p.add_argument("--sweep", action="store_true",
-                 help="also time flash_alibi over a grid of tile sizes")
+  p.add_argument("--sweep", action="store_true", help="also time flash_alibi over a grid of tile sizes")
   p.add_argument("--grad-check-max-t", type=int, default=4096)
   p.add_argument("--target-t", type=int, default=8192)
   p.add_argument("--target-ratio", type=float, default=1.25)
@@ -254,13 +256,12 @@ def main(argv=None):
     args.batch, args.heads = 1, 4
     args.warmup, args.repeats = 1, 3
     args.grad_check_max_t = 10**9
-  impls = args.impls or (["xla", "cudnn", "cudnn_nobias", "flash_alibi",
-                          "pallas_mha"] if on_gpu else
-                         ["xla", "flash_alibi", "reference"])
+  impls = args.impls or (
+    ["xla", "cudnn", "cudnn_nobias", "flash_alibi", "pallas_mha"] if on_gpu else ["xla", "flash_alibi", "reference"]
+  )
   skipped = [i for i in impls if i in GPU_ONLY and not on_gpu]
   impls = [i for i in impls if i not in skipped]
-  print(f"backend={jax.default_backend()} devices={jax.devices()} "
-        f"jax={jax.__version__} dtype={args.dtype}")
+  print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} dtype={args.dtype}")
   if skipped:
     print(f"skipping GPU-only implementations on this backend: {skipped}")
 
@@ -271,24 +272,27 @@ def main(argv=None):
       if args.sweep and "flash_alibi" in impls:
         base = dict(vars(args))
         # Spill-free candidates on sm_90 per benchmarks/kernel_resources.py (warps None = the kernel's rule).
-        for bq, bk, bbq, bbk, nw, ns in [(128, 64, 64, 64, None, 2), (128, 128, 64, 64, 8, 2),
-                                         (128, 64, 64, 64, None, 4), (64, 64, 64, 64, None, 3),
-                                         (128, 64, 64, 32, None, 3), (128, 64, 32, 64, None, 3)]:
+        for bq, bk, bbq, bbk, nw, ns in [
+          (128, 64, 64, 64, None, 2),
+          (128, 128, 64, 64, 8, 2),
+          (128, 64, 64, 64, None, 4),
+          (64, 64, 64, 64, None, 3),
+          (128, 64, 64, 32, None, 3),
+          (128, 64, 32, 64, None, 3),
+        ]:
           args.block_q, args.block_k = bq, bk
           args.bwd_block_q, args.bwd_block_k, args.num_warps, args.num_stages = bbq, bbk, nw, ns
-          for r in run_config(args, args.batch, args.heads, t, d,
-                              ["flash_alibi"]):
+          for r in run_config(args, args.batch, args.heads, t, d, ["flash_alibi"]):
             r["impl"] = f"flash_alibi[{bq}x{bk},bwd{bbq}x{bbk},w{nw or 'rule'},s{ns}]"
             rows.append(r)
-        for key in ("block_q", "block_k", "bwd_block_q", "bwd_block_k",
-                    "num_warps", "num_stages"):
+        for key in ("block_q", "block_k", "bwd_block_q", "bwd_block_k", "num_warps", "num_stages"):
           setattr(args, key, base[key])
   print_summary(rows, args.target_t, args.target_ratio)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(backend=jax.default_backend(),
-                     device=str(jax.devices()[0]), jax=jax.__version__,
-                     rows=rows), f, indent=1)
+      json.dump(
+        dict(backend=jax.default_backend(), device=str(jax.devices()[0]), jax=jax.__version__, rows=rows), f, indent=1
+      )
   return rows
 
 

@@ -9,6 +9,7 @@ Goals (GPT-2-small shape on one H100/H200): batch 1 >= 40 % of the bandwidth bou
 The timed region is the whole jitted program (prefill of a short prompt + the decoding while_loop); greedy, no
 EOS, so every row decodes exactly `--new_tokens` tokens. One JSON line per batch size, then a summary.
 """
+
 import argparse
 import json
 import os
@@ -26,8 +27,15 @@ from gpt_plugin.network import GPTConfig, GPTDecoder  # noqa: E402
 
 # Peak HBM bandwidth, bytes/s (vendor datasheets), by substring of jax's device_kind.
 GPU_BANDWIDTH = [
-    ("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
-    ("A100-SXM4-80GB", 2.039e12), ("A100 80GB", 1.935e12), ("A100", 1.555e12), ("L4", 0.3e12), ("A10", 0.6e12),
+  ("H200", 4.8e12),
+  ("H100 PCIe", 2.0e12),
+  ("H100 NVL", 3.9e12),
+  ("H100", 3.35e12),
+  ("A100-SXM4-80GB", 2.039e12),
+  ("A100 80GB", 1.935e12),
+  ("A100", 1.555e12),
+  ("L4", 0.3e12),
+  ("A10", 0.6e12),
 ]
 
 
@@ -50,8 +58,11 @@ def main():
   p.add_argument("--prompt_len", type=int, default=16)
   p.add_argument("--new_tokens", type=int, default=256)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--features", default="", help="comma list of GPTConfig booleans/choices, e.g. "
-                 "use_static_sgu,head_qk_trick,block_type=sequential")
+  p.add_argument(
+    "--features",
+    default="",
+    help="comma list of GPTConfig booleans/choices, e.g. use_static_sgu,head_qk_trick,block_type=sequential",
+  )
   args = p.parse_args()
   if args.smoke:
     args.layers, args.d, args.heads, args.vocab = 2, 64, 4, 512
@@ -63,8 +74,9 @@ def main():
   for f in filter(None, args.features.split(",")):
     k, _, v = f.partition("=")
     extra[k] = v if v else True
-  cfg = GPTConfig(vocab_size=args.vocab, emb_dim=args.d, num_heads=args.heads, num_layers=args.layers,
-                  dtype=dtype, **extra)
+  cfg = GPTConfig(
+    vocab_size=args.vocab, emb_dim=args.d, num_heads=args.heads, num_layers=args.layers, dtype=dtype, **extra
+  )
   model = models.DecoderOnlyLM(GPTDecoder(cfg))
   shapes = {"decoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
   params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
@@ -87,11 +99,19 @@ def main():
     best = min(times)
     assert out.sequences.shape == (bs, 1, total)
     tok_s = bs * args.new_tokens / best
-    row = {"batch": bs, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len, "seconds": round(best, 4),
-           "tokens_per_s": round(tok_s, 1), "ms_per_step": round(1e3 * best / args.new_tokens, 3),
-           "compile_s": round(compile_s, 1), "device": device.device_kind, "dtype": dtype,
-           "params_M": round(sum(x.size for x in jax.tree.leaves(params)) / 1e6, 2),
-           "weight_MB": round(weight_bytes / 1e6, 1)}
+    row = {
+      "batch": bs,
+      "new_tokens": args.new_tokens,
+      "prompt_len": args.prompt_len,
+      "seconds": round(best, 4),
+      "tokens_per_s": round(tok_s, 1),
+      "ms_per_step": round(1e3 * best / args.new_tokens, 3),
+      "compile_s": round(compile_s, 1),
+      "device": device.device_kind,
+      "dtype": dtype,
+      "params_M": round(sum(x.size for x in jax.tree.leaves(params)) / 1e6, 2),
+      "weight_MB": round(weight_bytes / 1e6, 1),
+    }
     bw = bandwidth_of(device.device_kind) if on_gpu else None
     if bw:
       bound = bw / weight_bytes  # steps/s if each step only streams the weights once
@@ -100,14 +120,18 @@ def main():
     rows.append(row)
     print(json.dumps(row), flush=True)
   if not on_gpu:
-    print("GPU numbers: not measured (this run used "
-          f"{device.platform}: {device.device_kind}; run without --smoke on an H100/H200 for the goals)")
+    print(
+      "GPU numbers: not measured (this run used "
+      f"{device.platform}: {device.device_kind}; run without --smoke on an H100/H200 for the goals)"
+    )
   else:
     b1 = next((r for r in rows if r["batch"] == 1), None)
     b64 = next((r for r in rows if r["batch"] == 64), None)
     if b1 and "fraction_of_bound" in b1:
-      print(f"batch 1: {b1['tokens_per_s']} tok/s = {100 * b1['fraction_of_bound']:.1f}% of the bandwidth bound "
-            f"(goal >= 40%)")
+      print(
+        f"batch 1: {b1['tokens_per_s']} tok/s = {100 * b1['fraction_of_bound']:.1f}% of the bandwidth bound "
+        f"(goal >= 40%)"
+      )
     if b64:
       print(f"batch 64: {b64['tokens_per_s']} tok/s (goal >= 150000)")
 

@@ -18,6 +18,7 @@ run uses; timing still needs a GPU (`benchmarks/attention.py --sweep`).
 Exit status 1 when a default configuration fails to compile, does not fit the shared memory of any listed
 architecture, or spills on the first one (sm_90 by default), so the check can gate a change of defaults.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ def lower_to_ttir(head_dim, tiles, segments, seq_len, out_dir):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from gpt_plugin.kernels import flash_alibi as fa  # pylint: disable=import-outside-toplevel
+
   try:
     from jax._src.pallas.triton import pallas_call_registration as registration
   except ImportError as e:
@@ -92,9 +94,19 @@ def lower_to_ttir(head_dim, tiles, segments, seq_len, out_dir):
   slopes = jnp.asarray(fa.alibi_slopes(heads))
 
   def loss(q, k, v, s):
-    o = fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s if segments else None,
-                                 implementation="triton", interpret=False, block_q=bq, block_k=bk,
-                                 bwd_block_q=bbq, bwd_block_k=bbk)
+    o = fa.flash_alibi_attention(
+      q,
+      k,
+      v,
+      slopes=slopes,
+      segment_ids=s if segments else None,
+      implementation="triton",
+      interpret=False,
+      block_q=bq,
+      block_k=bk,
+      bwd_block_q=bbq,
+      bwd_block_k=bbk,
+    )
     return o.astype(jnp.float32).sum()
 
   registration.lowering.lower_jaxpr_to_triton_module = recording
@@ -106,7 +118,9 @@ def lower_to_ttir(head_dim, tiles, segments, seq_len, out_dir):
     raise SystemExit(f"expected 3 Triton modules (fwd, dq, dk/dv), lowering produced {len(modules)}")
   paths = {}
   for name, text in zip(KERNELS, modules):
-    paths[name] = os.path.join(out_dir, f"{name}_d{head_dim}_{bq}x{bk}_bwd{bbq}x{bbk}_{'seg' if segments else 'noseg'}.ttir")
+    paths[name] = os.path.join(
+      out_dir, f"{name}_d{head_dim}_{bq}x{bk}_bwd{bbq}x{bbk}_{'seg' if segments else 'noseg'}.ttir"
+    )
     with open(paths[name], "w") as f:
       f.write(text)
   return paths
@@ -123,26 +137,46 @@ def parse_tile(text):
 def build_jobs(args, out_dir):
   """Lowers every needed kernel once and returns the compile jobs."""
   from gpt_plugin.kernels import flash_alibi as fa  # pylint: disable=import-outside-toplevel
+
   jobs, lowered = [], {}
   for d in args.head_dims:
     if args.grid or args.tiles:
       configs = []
       warp_choices = [None] if args.rule_warps else args.warps
-      for (bq, bk), warps, stages in itertools.product(args.tiles or [parse_tile(t) for t in GRID_TILES],
-                                                       warp_choices, args.stages):
+      for (bq, bk), warps, stages in itertools.product(
+        args.tiles or [parse_tile(t) for t in GRID_TILES], warp_choices, args.stages
+      ):
         for kernel in KERNELS:  # the same tiles for the forward and the backward kernels
           configs.append((kernel, (bq, bk, bq, bk), warps or fa.default_num_warps(kernel, bq, bk, d), stages, False))
     else:
       tiles = fa.default_tiles(d)
-      configs = [(kernel, tiles, fa.default_num_warps(kernel, *(tiles[:2] if kernel == "fwd" else tiles[2:]), d),
-                  fa.default_num_stages(d), True) for kernel in KERNELS]
+      configs = [
+        (
+          kernel,
+          tiles,
+          fa.default_num_warps(kernel, *(tiles[:2] if kernel == "fwd" else tiles[2:]), d),
+          fa.default_num_stages(d),
+          True,
+        )
+        for kernel in KERNELS
+      ]
     for kernel, tiles, warps, stages, is_default in configs:
       key = (d, tiles)
       if key not in lowered:
         lowered[key] = lower_to_ttir(d, tiles, args.segments, args.seq_len, out_dir)
       for arch in args.archs:
-        jobs.append(dict(kernel=kernel, head_dim=d, tiles=list(tiles), warps=warps, stages=stages, arch=arch,
-                         default=is_default, ttir=lowered[key][kernel]))
+        jobs.append(
+          dict(
+            kernel=kernel,
+            head_dim=d,
+            tiles=list(tiles),
+            warps=warps,
+            stages=stages,
+            arch=arch,
+            default=is_default,
+            ttir=lowered[key][kernel],
+          )
+        )
   return jobs
 
 
@@ -165,34 +199,50 @@ def main(argv=None):
   p.add_argument("--grid", action="store_true", help=f"all of {' '.join(GRID_TILES)} x --warps x --stages")
   p.add_argument("--tiles", type=parse_tile, nargs="+", default=None, help="explicit tiles, e.g. 128x64 64x64")
   p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
-  p.add_argument("--rule-warps", action="store_true", help="with --grid/--tiles: the front end's warp rule "
-                 "(default_num_warps) instead of --warps")
+  p.add_argument(
+    "--rule-warps",
+    action="store_true",
+    help="with --grid/--tiles: the front end's warp rule (default_num_warps) instead of --warps",
+  )
   p.add_argument("--stages", type=int, nargs="+", default=[2])
-  p.add_argument("--no-segments", dest="segments", action="store_false",
-                 help="lower without packing segment ids (default: with)")
+  p.add_argument(
+    "--no-segments", dest="segments", action="store_false", help="lower without packing segment ids (default: with)"
+  )
   p.add_argument("--seq-len", type=int, default=4096)
-  p.add_argument("--triton-python", default=sys.executable,
-                 help="a Python that can import triton (default: this one)")
+  p.add_argument("--triton-python", default=sys.executable, help="a Python that can import triton (default: this one)")
   p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
   p.add_argument("--json", default=None, help="write all rows to this file")
   args = p.parse_args(argv)
 
-  probe = subprocess.run([args.triton_python, "-c", "import triton; print(triton.__version__)"],
-                         capture_output=True, text=True)
+  probe = subprocess.run(
+    [args.triton_python, "-c", "import triton; print(triton.__version__)"], capture_output=True, text=True
+  )
   if probe.returncode != 0:
-    raise SystemExit(f"{args.triton_python} cannot import triton; pip install -e '.[kernels]' or pass "
-                     "--triton-python /path/to/venv/bin/python")
+    raise SystemExit(
+      f"{args.triton_python} cannot import triton; pip install -e '.[kernels]' or pass "
+      "--triton-python /path/to/venv/bin/python"
+    )
   import jax  # pylint: disable=import-outside-toplevel
-  print(f"jax {jax.__version__} (Pallas lowering), triton {probe.stdout.strip()} (compiler), "
-        f"segments={'yes' if args.segments else 'no'}, T={args.seq_len}")
+
+  print(
+    f"jax {jax.__version__} (Pallas lowering), triton {probe.stdout.strip()} (compiler), "
+    f"segments={'yes' if args.segments else 'no'}, T={args.seq_len}"
+  )
 
   with tempfile.TemporaryDirectory(prefix="flash_alibi_ttir_") as out_dir:
     jobs = build_jobs(args, out_dir)
     print(f"compiling {len(jobs)} kernel configurations with {args.jobs} worker(s)", flush=True)
-    workers = [subprocess.Popen([args.triton_python, "-c", _COMPILE_SCRIPT], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(max(1, min(args.jobs, len(jobs))))]
-    feeds = ["".join(json.dumps(j) + "\n" for j in jobs[w::len(workers)]) for w in range(len(workers))]
+    workers = [
+      subprocess.Popen(
+        [args.triton_python, "-c", _COMPILE_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for _ in range(max(1, min(args.jobs, len(jobs))))
+    ]
+    feeds = ["".join(json.dumps(j) + "\n" for j in jobs[w :: len(workers)]) for w in range(len(workers))]
     with concurrent.futures.ThreadPoolExecutor(len(workers)) as pool:
       results = list(pool.map(lambda wf: wf[0].communicate(wf[1]), zip(workers, feeds)))
     rows = [json.loads(line) for out, _ in results for line in out.splitlines() if line.startswith("{")]
@@ -200,14 +250,17 @@ def main(argv=None):
       errors = "\n".join(err[-1500:] for _, err in results if err)
       raise SystemExit(f"the triton compile step failed ({len(rows)} of {len(jobs)} results):\n{errors}")
 
-  header = f"{'kernel':6} {'D':>4} {'tiles (fwd / bwd)':>22} {'warps':>5} {'stages':>6} {'sm':>3} " \
-           f"{'shared KiB':>10} {'regs':>4} {'spill B':>7}  verdict"
+  header = (
+    f"{'kernel':6} {'D':>4} {'tiles (fwd / bwd)':>22} {'warps':>5} {'stages':>6} {'sm':>3} "
+    f"{'shared KiB':>10} {'regs':>4} {'spill B':>7}  verdict"
+  )
   print(header)
   print("-" * len(header))
   bad_defaults = 0
   primary = args.archs[0]
-  for r in sorted(rows, key=lambda r: (r["head_dim"], r["tiles"], r["warps"], r["stages"], KERNELS.index(r["kernel"]),
-                                       -r["arch"])):
+  for r in sorted(
+    rows, key=lambda r: (r["head_dim"], r["tiles"], r["warps"], r["stages"], KERNELS.index(r["kernel"]), -r["arch"])
+  ):
     v = verdict(r)
     # Gate: no compile failure or shared-memory overflow anywhere, and no spill on the primary architecture (other
     # architectures' spills are reported, not gated: a few bytes on sm_80 cost little).
@@ -215,14 +268,18 @@ def main(argv=None):
     bq, bk, bbq, bbk = r["tiles"]
     tiles = f"{bq}x{bk} / {bbq}x{bbk}"
     shared = f"{r['shared'] / 1024:.0f}" if r.get("shared") is not None else "-"
-    print(f"{r['kernel']:6} {r['head_dim']:>4} {tiles:>22} {r['warps']:>5} {r['stages']:>6} {r['arch']:>3} "
-          f"{shared:>10} {r.get('regs') or '-':>4} {r.get('spill') if r.get('spill') is not None else '-':>7}  {v}"
-          + (f"  {r['error']}" if r.get("error") else ""))
+    print(
+      f"{r['kernel']:6} {r['head_dim']:>4} {tiles:>22} {r['warps']:>5} {r['stages']:>6} {r['arch']:>3} "
+      f"{shared:>10} {r.get('regs') or '-':>4} {r.get('spill') if r.get('spill') is not None else '-':>7}  {v}"
+      + (f"  {r['error']}" if r.get("error") else "")
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=1)
   if bad_defaults:
-    print(f"\n{bad_defaults} default configuration(s) fail to compile, overflow shared memory or spill on sm_{primary}.")
+    print(
+      f"\n{bad_defaults} default configuration(s) fail to compile, overflow shared memory or spill on sm_{primary}."
+    )
     return 1
   return 0
 

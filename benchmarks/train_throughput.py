@@ -31,6 +31,7 @@ Reported per configuration:
   * ratio = our tokens/s / the naive reference's tokens/s for the same L, d, heads, T and per-device batch
     (the reference is imported from `--naive_path` and run in this process, after ours).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIGS = {
-    "gpt2_small": dict(num_layers=12, emb_dim=768, num_heads=12, seq=1024, batch_per_device=16),
-    "gpt_355m": dict(num_layers=24, emb_dim=1024, num_heads=16, seq=2048, batch_per_device=8),
-    "gpt_1_3b": dict(num_layers=24, emb_dim=2048, num_heads=16, seq=2048, batch_per_device=4),
+  "gpt2_small": dict(num_layers=12, emb_dim=768, num_heads=12, seq=1024, batch_per_device=16),
+  "gpt_355m": dict(num_layers=24, emb_dim=1024, num_heads=16, seq=2048, batch_per_device=8),
+  "gpt_1_3b": dict(num_layers=24, emb_dim=2048, num_heads=16, seq=2048, batch_per_device=4),
 }
 SMOKE = {"smoke_tiny": dict(num_layers=2, emb_dim=64, num_heads=4, seq=64, batch_per_device=2, vocab=512)}
 VOCAB = 50304
@@ -58,22 +59,28 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--configs", nargs="+", default=list(CONFIGS), help=f"any of {list(CONFIGS)}")
   p.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU end-to-end check)")
-  p.add_argument("--attention_impl", default=None, help="xla | cudnn | flash_alibi (default: cudnn on GPU, "
-                 "xla elsewhere)")
+  p.add_argument(
+    "--attention_impl", default=None, help="xla | cudnn | flash_alibi (default: cudnn on GPU, xla elsewhere)"
+  )
   p.add_argument("--remat", default="none", help="GPTConfig.remat_policy (none, full, dots, ...)")
   p.add_argument("--scan", action="store_true", help="GPTConfig.scan_layers = True")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--gin_file", action="append", default=[], help="extra gin files (after the model sizes)")
-  p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings, e.g. "
-                 "\"network.GPTConfig.mlp_dim = 4096\"")
+  p.add_argument(
+    "--gin_bindings", action="append", default=[], help="extra gin bindings, e.g. \"network.GPTConfig.mlp_dim = 4096\""
+  )
   p.add_argument("--batch_per_device", type=int, default=None, help="override the per-config default")
   p.add_argument("--num_microbatches", type=int, default=1)
   p.add_argument("--mesh_shape", default=None, help="data,fsdp,tensor (default: all devices on data)")
   p.add_argument("--partitioning", default="data_parallel", choices=["data_parallel", "fsdp"])
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--peak_tflops", type=float, default=None, help="peak dense bf16 TFLOP/s per device "
-                 "(default: 989 on H100/H200, from the device kind)")
+  p.add_argument(
+    "--peak_tflops",
+    type=float,
+    default=None,
+    help="peak dense bf16 TFLOP/s per device (default: 989 on H100/H200, from the device kind)",
+  )
   p.add_argument("--naive_path", default=None, help="path of naive_flax_gpt.py (reference run in-process)")
   p.add_argument("--naive_attn", default=None, help="attention of the reference (cudnn on GPU, xla elsewhere)")
   p.add_argument("--json", default=None, help="also write the rows here (JSON lines)")
@@ -86,19 +93,26 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   import jax
   from gpt_plugin import network
   from gpt_plugin.training import gin_flags
+
   attn = args.attention_impl or ("cudnn" if jax.default_backend() == "gpu" else "xla")
   vocab = cfg.get("vocab", VOCAB)
   bindings = [
-      f"VOCAB_SIZE = {vocab}", f"ACTIVATION_DTYPE = '{args.dtype}'",
-      f"network.GPTConfig.emb_dim = {cfg['emb_dim']}", f"network.GPTConfig.num_heads = {cfg['num_heads']}",
-      f"network.GPTConfig.num_layers = {cfg['num_layers']}", "network.GPTConfig.position_embedding = 'alibi'",
-      "network.GPTConfig.block_type = 'parallel'", f"network.GPTConfig.attention_impl = '{attn}'",
-      f"network.GPTConfig.remat_policy = '{args.remat}'", f"network.GPTConfig.scan_layers = {bool(args.scan)}",
+    f"VOCAB_SIZE = {vocab}",
+    f"ACTIVATION_DTYPE = '{args.dtype}'",
+    f"network.GPTConfig.emb_dim = {cfg['emb_dim']}",
+    f"network.GPTConfig.num_heads = {cfg['num_heads']}",
+    f"network.GPTConfig.num_layers = {cfg['num_layers']}",
+    "network.GPTConfig.position_embedding = 'alibi'",
+    "network.GPTConfig.block_type = 'parallel'",
+    f"network.GPTConfig.attention_impl = '{attn}'",
+    f"network.GPTConfig.remat_policy = '{args.remat}'",
+    f"network.GPTConfig.scan_layers = {bool(args.scan)}",
   ]
   if attn != "xla":
     bindings.append("network.GPTConfig.attention_dropout_rate = 0.0")
-  gin_flags.parse_gin(["models/gpt_architecture.gin"] + list(args.gin_file), bindings + list(args.gin_bindings),
-                      finalize=False)
+  gin_flags.parse_gin(
+    ["models/gpt_architecture.gin"] + list(args.gin_file), bindings + list(args.gin_bindings), finalize=False
+  )
   try:
     return gin.get_configurable(network.GPTConfig)()
   finally:
@@ -116,8 +130,11 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   model = models.DecoderOnlyLM(network.GPTDecoder(config))  # no vocabulary: random token ids
   n_dev = jax.device_count()
   shape = tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (-1, 1, 1)
-  rules = [] if args.partitioning == "data_parallel" else [("embed", "fsdp"), ("vocab", "fsdp"), ("mlp", "fsdp"),
-                                                           ("joined_kv", "fsdp")]
+  rules = (
+    []
+    if args.partitioning == "data_parallel"
+    else [("embed", "fsdp"), ("vocab", "fsdp"), ("mlp", "fsdp"), ("joined_kv", "fsdp")]
+  )
   mesh = partitioning.create_mesh(shape)
   part = partitioning.Partitioner(mesh, partitioning.logical_axis_rules(rules))
   per_dev = args.batch_per_device or cfg["batch_per_device"]
@@ -135,18 +152,30 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   abstract = jax.eval_shape(init, key)
   state_sh = train_step.state_shardings(abstract, params_sh, tx, part.replicated)
   n_params = metrics.count_params(abstract.params)
-  step_fn = train_step.make_train_step(model, tx, optimizer.constant_schedule(1e-4),
-                                       num_microbatches=args.num_microbatches, params_shardings=params_sh,
-                                       logical_axis_rules=part.rules)
+  step_fn = train_step.make_train_step(
+    model,
+    tx,
+    optimizer.constant_schedule(1e-4),
+    num_microbatches=args.num_microbatches,
+    params_shardings=params_sh,
+    logical_axis_rules=part.rules,
+  )
   rng = np.random.default_rng(0)
   tokens = rng.integers(2, config.vocab_size, (batch, seq + 1)).astype(np.int32)
-  host_batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
-                "decoder_loss_weights": np.ones((batch, seq), np.int32)}
+  host_batch = {
+    "decoder_input_tokens": tokens[:, :-1],
+    "decoder_target_tokens": tokens[:, 1:],
+    "decoder_loss_weights": np.ones((batch, seq), np.int32),
+  }
   with part.context():
     state = jax.jit(init, out_shardings=state_sh)(key)
     gbatch = {k: jax.device_put(v, part.batch_sharding(2)) for k, v in host_batch.items()}
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, part.batch_sharding(2)),
-                     out_shardings=(state_sh, part.replicated), donate_argnums=(0,))
+    jitted = jax.jit(
+      step_fn,
+      in_shardings=(state_sh, part.batch_sharding(2)),
+      out_shardings=(state_sh, part.replicated),
+      donate_argnums=(0,),
+    )
     t0 = time.perf_counter()
     compiled = jitted.lower(state, gbatch).compile()
     compile_s = time.perf_counter() - t0
@@ -163,26 +192,60 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   fpt = metrics.train_flops_per_token(n_params, config.num_layers, config.emb_dim, seq)
   peak = (args.peak_tflops * 1e12) if args.peak_tflops else metrics.peak_flops_per_device()
   mfu = tok_s * fpt / (peak * n_dev) if peak else 0.0
-  return {"impl": "gpt_plugin", "config": name, "device": str(jax.devices()[0].device_kind), "devices": n_dev,
-          "params": n_params, "layers": config.num_layers, "d": config.emb_dim, "heads": config.num_heads,
-          "seq": seq, "batch": batch, "attention_impl": config.attention_impl, "remat": config.remat_policy,
-          "scan": config.scan_layers, "dtype": config.dtype, "num_microbatches": args.num_microbatches,
-          "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tok_s, "flops_per_token": fpt,
-          "peak_flops_per_device": peak, "mfu": mfu, "peak_memory_bytes": peak_mem,
-          "final_loss": float(m["loss"])}
+  return {
+    "impl": "gpt_plugin",
+    "config": name,
+    "device": str(jax.devices()[0].device_kind),
+    "devices": n_dev,
+    "params": n_params,
+    "layers": config.num_layers,
+    "d": config.emb_dim,
+    "heads": config.num_heads,
+    "seq": seq,
+    "batch": batch,
+    "attention_impl": config.attention_impl,
+    "remat": config.remat_policy,
+    "scan": config.scan_layers,
+    "dtype": config.dtype,
+    "num_microbatches": args.num_microbatches,
+    "compile_s": compile_s,
+    "step_s": step_s,
+    "tokens_per_s": tok_s,
+    "flops_per_token": fpt,
+    "peak_flops_per_device": peak,
+    "mfu": mfu,
+    "peak_memory_bytes": peak_mem,
+    "final_loss": float(m["loss"]),
+  }
 
 
 def run_naive(path: str, cfg: dict, ours: dict, args) -> dict:
   """Imports naive_flax_gpt.py by path and runs its `main()` in this process with the same sizes."""
   import jax
+
   spec = importlib.util.spec_from_file_location("naive_flax_gpt", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   attn = args.naive_attn or ("cudnn" if jax.default_backend() == "gpu" else "xla")
-  argv = [path, "--layers", str(ours["layers"]), "--d", str(ours["d"]), "--heads", str(ours["heads"]),
-          "--vocab", str(cfg.get("vocab", VOCAB)), "--seq", str(ours["seq"]),
-          "--batch", str(ours["batch"] // ours["devices"]), "--attn", attn,
-          "--steps", str(args.steps)]
+  argv = [
+    path,
+    "--layers",
+    str(ours["layers"]),
+    "--d",
+    str(ours["d"]),
+    "--heads",
+    str(ours["heads"]),
+    "--vocab",
+    str(cfg.get("vocab", VOCAB)),
+    "--seq",
+    str(ours["seq"]),
+    "--batch",
+    str(ours["batch"] // ours["devices"]),
+    "--attn",
+    attn,
+    "--steps",
+    str(args.steps),
+  ]
   buf = io.StringIO()
   old = sys.argv
   try:
@@ -196,11 +259,13 @@ def run_naive(path: str, cfg: dict, ours: dict, args) -> dict:
 
 
 def fmt_row(r: dict) -> str:
-  mem = f"{r['peak_memory_bytes'] / 2 ** 30:.1f} GiB" if r.get("peak_memory_bytes") else "n/a"
+  mem = f"{r['peak_memory_bytes'] / 2**30:.1f} GiB" if r.get("peak_memory_bytes") else "n/a"
   ratio = f"{r['ratio_vs_naive']:.2f}x" if r.get("ratio_vs_naive") else (r.get("naive_error") or "n/a")
-  return (f"| {r['config']} | {r['device']} x{r['devices']} | {r['seq']} | {r['batch']} | {r['attention_impl']} / "
-          f"{r['remat']} / {'scan' if r['scan'] else 'loop'} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f} % | "
-          f"{r['compile_s']:.1f} s | {mem} | {ratio} |")
+  return (
+    f"| {r['config']} | {r['device']} x{r['devices']} | {r['seq']} | {r['batch']} | {r['attention_impl']} / "
+    f"{r['remat']} / {'scan' if r['scan'] else 'loop'} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f} % | "
+    f"{r['compile_s']:.1f} s | {mem} | {ratio} |"
+  )
 
 
 def main(argv=None):
@@ -218,8 +283,7 @@ def main(argv=None):
     try:
       r = run_ours(name, cfg, args)
     except Exception as e:  # pylint: disable=broad-except  (e.g. OOM: report the row, go on)
-      print(json.dumps({"impl": "gpt_plugin", "config": name, "error": f"{type(e).__name__}: {e}"[:500]}),
-            flush=True)
+      print(json.dumps({"impl": "gpt_plugin", "config": name, "error": f"{type(e).__name__}: {e}"[:500]}), flush=True)
       continue
     if args.naive_path:
       try:
@@ -232,14 +296,21 @@ def main(argv=None):
         r["naive_error"] = f"reference failed: {type(e).__name__}: {str(e)[:200]}"
     print(json.dumps(r), flush=True)
     rows.append(r)
-  print("\n| config | device | T | global batch | attention / remat / layers | tokens/s | MFU | compile | "
-        "peak mem | vs naive |")
+  print(
+    "\n| config | device | T | global batch | attention / remat / layers | tokens/s | MFU | compile | "
+    "peak mem | vs naive |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(fmt_row(r))
-  print("MFU convention: F = 6N + 12*L*d*T per token (N incl. embeddings; attention counted in full); peak "
-        + (f"{rows[0]['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device" if rows and rows[0]
-           ["peak_flops_per_device"] else "unknown for this device (MFU 0; pass --peak_tflops)"))
+  print(
+    "MFU convention: F = 6N + 12*L*d*T per token (N incl. embeddings; attention counted in full); peak "
+    + (
+      f"{rows[0]['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device"
+      if rows and rows[0]["peak_flops_per_device"]
+      else "unknown for this device (MFU 0; pass --peak_tflops)"
+    )
+  )
   if args.json:
     with open(args.json, "w") as f:
       for r in rows:

@@ -18,6 +18,7 @@ Conventions (those of T5X):
 The loops are `lax.while_loop`s: one compiled program per shape, no per-token host round trips. Every cache
 leaf except `cache_index` (and the names T5X also skips) must have the batch dimension at axis `cache_offset`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ _UNINDEXED_CACHE_LEAVES = ("cached_bias", "position_embedder_index")
 @flax.struct.dataclass
 class DecodingState:
   """What `tokens_to_logits` sees each step (field names as in T5X)."""
+
   cur_index: Array  # [B*n] position of `cur_token`
   sequences: Array  # [B*n, L] the decoder-input row so far
   cur_token: Array  # [B*n, 1]
@@ -52,6 +54,7 @@ class DecodingState:
 @flax.struct.dataclass
 class SamplingLoopState:
   """Loop carry of `temperature_sample` (field names as in T5X, for `state_callback_fn`)."""
+
   step: Array
   cur_index: Array
   sequences: Array
@@ -119,22 +122,22 @@ def _check_static(name: str, value, check: Callable[[float], bool], msg: str):
 
 # ---------------------------------------------------------------------------------------- temperature sample
 def temperature_sample(
-    inputs: Array,
-    cache: Mapping[str, Array],
-    tokens_to_logits: Callable[[DecodingState], Tuple[Array, Mapping[str, Array]]],
-    eos_id: int,
-    decode_rng: Optional[Array] = None,
-    num_decodes: int = 1,
-    temperature: Union[float, Array] = 1.0,
-    topk: int = 1,
-    topp: Union[float, Array] = 0.0,
-    cache_offset: int = 0,
-    initial_index: Optional[Array] = None,
-    max_decode_steps: Optional[Union[int, Array]] = None,
-    max_decode_steps_hard_limit: Optional[int] = None,
-    rescale_log_probs: bool = True,
-    state_callback_fn: Optional[Callable[[SamplingLoopState], SamplingLoopState]] = None,
-    logit_callback_fn: Optional[Callable[[Array, SamplingLoopState], Array]] = None,
+  inputs: Array,
+  cache: Mapping[str, Array],
+  tokens_to_logits: Callable[[DecodingState], Tuple[Array, Mapping[str, Array]]],
+  eos_id: int,
+  decode_rng: Optional[Array] = None,
+  num_decodes: int = 1,
+  temperature: Union[float, Array] = 1.0,
+  topk: int = 1,
+  topp: Union[float, Array] = 0.0,
+  cache_offset: int = 0,
+  initial_index: Optional[Array] = None,
+  max_decode_steps: Optional[Union[int, Array]] = None,
+  max_decode_steps_hard_limit: Optional[int] = None,
+  rescale_log_probs: bool = True,
+  state_callback_fn: Optional[Callable[[SamplingLoopState], SamplingLoopState]] = None,
+  logit_callback_fn: Optional[Callable[[Array, SamplingLoopState], Array]] = None,
 ) -> Tuple[Array, Array]:
   """Samples `num_decodes` continuations per row of `inputs` (see the module docstring for conventions).
 
@@ -149,8 +152,7 @@ def temperature_sample(
     (decodes [B, num_decodes, L], log_prob [B, num_decodes]) sorted by log_prob, best last.
   """
   _check_static("temperature", temperature, lambda t: t >= 0.0, "temperature must be >= 0 (0 means greedy)")
-  _check_static("topp", topp, lambda p: p == 0.0 or 0.0 < p <= 1.0,
-                "top-p must be 0 (disabled) or lie in (0, 1]")
+  _check_static("topp", topp, lambda p: p == 0.0 or 0.0 < p <= 1.0, "top-p must be 0 (disabled) or lie in (0, 1]")
   if not isinstance(topk, (int, np.integer)):
     raise TypeError(f"topk={topk!r} must be a Python int (it fixes the compiled program)")
   if topk < 0:
@@ -172,8 +174,9 @@ def temperature_sample(
   inputs = inputs.astype(jnp.int32)
   if num_decodes > 1:
     inputs = _repeat_rows(inputs, num_decodes)
-    cache = cache_map(functools.partial(_repeat_rows, n=num_decodes, axis=cache_offset), cache,
-                      apply_to_index=initial_index is not None)
+    cache = cache_map(
+      functools.partial(_repeat_rows, n=num_decodes, axis=cache_offset), cache, apply_to_index=initial_index is not None
+    )
     if initial_index is not None:
       initial_index = _repeat_rows(jnp.asarray(initial_index), num_decodes)
     if jnp.ndim(temperature) == 1:
@@ -226,9 +229,11 @@ def temperature_sample(
     if state_callback_fn is not None:
       state = state_callback_fn(state)
     rng_step, rng_next = jax.random.split(state.rng)
-    logits, new_cache = tokens_to_logits(DecodingState(
-        cur_index=state.cur_index, sequences=state.sequences[:, :-2], cur_token=state.cur_token,
-        cache=state.cache))
+    logits, new_cache = tokens_to_logits(
+      DecodingState(
+        cur_index=state.cur_index, sequences=state.sequences[:, :-2], cur_token=state.cur_token, cache=state.cache
+      )
+    )
     if isinstance(state.cache, flax.core.FrozenDict) and not isinstance(new_cache, flax.core.FrozenDict):
       new_cache = flax.core.freeze(new_cache)
     if logit_callback_fn is not None:
@@ -243,13 +248,27 @@ def temperature_sample(
     written = jnp.where(ended, 0, token)
     sequences = state.sequences.at[rows, i + 1].set(written)
     ended = ended | ((token == eos_id) & ~in_prompt) | (i + 1 >= limit)
-    return SamplingLoopState(step=state.step + 1, cur_index=i + 1, sequences=sequences, cache=new_cache,
-                             cur_token=written[:, None], ended=ended, rng=rng_next,
-                             log_prob=state.log_prob + token_lp)
+    return SamplingLoopState(
+      step=state.step + 1,
+      cur_index=i + 1,
+      sequences=sequences,
+      cache=new_cache,
+      cur_token=written[:, None],
+      ended=ended,
+      rng=rng_next,
+      log_prob=state.log_prob + token_lp,
+    )
 
-  init = SamplingLoopState(step=jnp.zeros((), jnp.int32), cur_index=index0, sequences=sequences0, cache=cache,
-                           cur_token=token0.astype(jnp.int32), ended=index0 >= limit,
-                           rng=decode_rng, log_prob=jnp.zeros((flat_batch,), jnp.float32))
+  init = SamplingLoopState(
+    step=jnp.zeros((), jnp.int32),
+    cur_index=index0,
+    sequences=sequences0,
+    cache=cache,
+    cur_token=token0.astype(jnp.int32),
+    ended=index0 >= limit,
+    rng=decode_rng,
+    log_prob=jnp.zeros((flat_batch,), jnp.float32),
+  )
   final = lax.while_loop(cond, body, init)
   if state_callback_fn is not None:
     final = state_callback_fn(final)
@@ -267,29 +286,29 @@ def brevity_penalty(alpha: float, length) -> Array:
 
 @flax.struct.dataclass
 class _BeamState:
-  step: Array              # scalar: steps taken
-  cur_index: Array         # [B] position of the token fed next (output written at cur_index + 1)
-  live_seqs: Array         # [B, K, L + 2] decoder-input rows of the live beams
-  live_logprobs: Array     # [B, K]
-  finished_seqs: Array     # [B, K, L + 2]
-  finished_scores: Array   # [B, K] length-normalised
-  finished_flags: Array    # [B, K]
-  cache: PyTree            # flat [B*K, ...] on the batch axis
+  step: Array  # scalar: steps taken
+  cur_index: Array  # [B] position of the token fed next (output written at cur_index + 1)
+  live_seqs: Array  # [B, K, L + 2] decoder-input rows of the live beams
+  live_logprobs: Array  # [B, K]
+  finished_seqs: Array  # [B, K, L + 2]
+  finished_scores: Array  # [B, K] length-normalised
+  finished_flags: Array  # [B, K]
+  cache: PyTree  # flat [B*K, ...] on the batch axis
 
 
 def beam_search(
-    inputs: Array,
-    cache: Mapping[str, Array],
-    tokens_to_logits: Callable[[DecodingState], Tuple[Array, Mapping[str, Array]]],
-    eos_id: int,
-    num_decodes: int = 4,
-    alpha: float = 0.6,
-    max_decode_len: Optional[int] = None,
-    max_decode_step: int = -1,
-    min_log_prob: float = float(NEG_INF),
-    decode_rng: Optional[Array] = None,
-    cache_offset: int = 0,
-    initial_index: Optional[Array] = None,
+  inputs: Array,
+  cache: Mapping[str, Array],
+  tokens_to_logits: Callable[[DecodingState], Tuple[Array, Mapping[str, Array]]],
+  eos_id: int,
+  num_decodes: int = 4,
+  alpha: float = 0.6,
+  max_decode_len: Optional[int] = None,
+  max_decode_step: int = -1,
+  min_log_prob: float = float(NEG_INF),
+  decode_rng: Optional[Array] = None,
+  cache_offset: int = 0,
+  initial_index: Optional[Array] = None,
 ) -> Tuple[Array, Array]:
   """Beam search with `num_decodes` beams (see the module docstring for conventions).
 
@@ -317,15 +336,17 @@ def beam_search(
     index0 = jnp.asarray(initial_index, jnp.int32).reshape((batch,))
   seqs0 = jnp.broadcast_to(jnp.pad(inputs, ((0, 0), (0, 2)))[:, None, :], (batch, k, length + 2))
   live_lp0 = jnp.tile(jnp.asarray([0.0] + [float(NEG_INF)] * (k - 1), jnp.float32)[None], (batch, 1))
-  flat_cache0 = cache_map(functools.partial(_repeat_rows, n=k, axis=cache_offset), cache,
-                          apply_to_index=initial_index is not None)
+  flat_cache0 = cache_map(
+    functools.partial(_repeat_rows, n=k, axis=cache_offset), cache, apply_to_index=initial_index is not None
+  )
   brow = jnp.arange(batch)
 
   def gather_cache(flat_cache, beam_idx):
     """Reorders the flat [B*K] cache rows: new beam j of row b takes old beam beam_idx[b, j]."""
     flat_idx = (brow[:, None] * k + beam_idx).reshape(-1)
-    return cache_map(lambda x: jnp.take(x, flat_idx, axis=cache_offset), flat_cache,
-                     apply_to_index=initial_index is not None)
+    return cache_map(
+      lambda x: jnp.take(x, flat_idx, axis=cache_offset), flat_cache, apply_to_index=initial_index is not None
+    )
 
   def row_done(state: _BeamState):
     at_end = state.cur_index + 1 > limit
@@ -343,20 +364,25 @@ def beam_search(
     return go
 
   def body(state: _BeamState) -> _BeamState:
-    done = row_done(state)                                            # [B]
-    i = jnp.minimum(state.cur_index, length)                          # [B]
+    done = row_done(state)  # [B]
+    i = jnp.minimum(state.cur_index, length)  # [B]
     cur = jnp.take_along_axis(state.live_seqs, jnp.broadcast_to(i[:, None, None], (batch, k, 1)), axis=2)
-    logits, new_cache = tokens_to_logits(DecodingState(
-        cur_index=jnp.repeat(i, k), sequences=state.live_seqs[:, :, :-2].reshape(batch * k, length),
-        cur_token=cur.reshape(batch * k, 1), cache=state.cache))
+    logits, new_cache = tokens_to_logits(
+      DecodingState(
+        cur_index=jnp.repeat(i, k),
+        sequences=state.live_seqs[:, :, :-2].reshape(batch * k, length),
+        cur_token=cur.reshape(batch * k, 1),
+        cache=state.cache,
+      )
+    )
     vocab = logits.shape[-1]
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, vocab)
-    forced = state.live_seqs[brow, 0, i + 1]                          # [B] teacher-forced prompt token or 0
+    forced = state.live_seqs[brow, 0, i + 1]  # [B] teacher-forced prompt token or 0
     in_prompt = forced != 0
     forced_lp = jnp.where(jnp.arange(vocab)[None, None, :] == forced[:, None, None], 0.0, NEG_INF)
     lp = jnp.where(in_prompt[:, None, None], forced_lp, lp)
     cand = (state.live_logprobs[:, :, None] + lp).reshape(batch, k * vocab)
-    top_lp, top_idx = lax.top_k(cand, 2 * k)                          # [B, 2K]
+    top_lp, top_idx = lax.top_k(cand, 2 * k)  # [B, 2K]
     top_beam, top_tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
     top_seqs = jnp.take_along_axis(state.live_seqs, top_beam[:, :, None], axis=1)
     pos = jnp.broadcast_to((i + 1)[:, None], (batch, 2 * k))
@@ -370,8 +396,7 @@ def beam_search(
     # Finished: merge the K finished so far with the candidates that just ended.
     lengths = (i + 1).astype(jnp.float32)[:, None]
     new_scores = jnp.where(is_eos, top_lp / brevity_penalty(alpha, lengths), -jnp.inf)
-    all_scores = jnp.concatenate([jnp.where(state.finished_flags, state.finished_scores, -jnp.inf),
-                                  new_scores], axis=1)
+    all_scores = jnp.concatenate([jnp.where(state.finished_flags, state.finished_scores, -jnp.inf), new_scores], axis=1)
     all_seqs = jnp.concatenate([state.finished_seqs, top_seqs], axis=1)
     all_flags = jnp.concatenate([state.finished_flags, is_eos], axis=1)
     fin_scores, fin_pos = lax.top_k(all_scores, k)
@@ -381,18 +406,26 @@ def beam_search(
     # Rows already done keep their state (their cache rows do harmless busy work).
     keep = done[:, None]
     return _BeamState(
-        step=state.step + 1,
-        cur_index=jnp.where(done, state.cur_index, i + 1),
-        live_seqs=jnp.where(keep[:, :, None], state.live_seqs, new_live_seqs),
-        live_logprobs=jnp.where(keep, state.live_logprobs, alive_lp_k),
-        finished_seqs=jnp.where(keep[:, :, None], state.finished_seqs, fin_seqs),
-        finished_scores=jnp.where(keep, state.finished_scores, jnp.where(fin_flags, fin_scores, -jnp.inf)),
-        finished_flags=jnp.where(keep, state.finished_flags, fin_flags),
-        cache=new_cache)
+      step=state.step + 1,
+      cur_index=jnp.where(done, state.cur_index, i + 1),
+      live_seqs=jnp.where(keep[:, :, None], state.live_seqs, new_live_seqs),
+      live_logprobs=jnp.where(keep, state.live_logprobs, alive_lp_k),
+      finished_seqs=jnp.where(keep[:, :, None], state.finished_seqs, fin_seqs),
+      finished_scores=jnp.where(keep, state.finished_scores, jnp.where(fin_flags, fin_scores, -jnp.inf)),
+      finished_flags=jnp.where(keep, state.finished_flags, fin_flags),
+      cache=new_cache,
+    )
 
-  init = _BeamState(step=jnp.zeros((), jnp.int32), cur_index=index0, live_seqs=seqs0, live_logprobs=live_lp0,
-                    finished_seqs=jnp.zeros_like(seqs0), finished_scores=jnp.full((batch, k), -jnp.inf),
-                    finished_flags=jnp.zeros((batch, k), bool), cache=flat_cache0)
+  init = _BeamState(
+    step=jnp.zeros((), jnp.int32),
+    cur_index=index0,
+    live_seqs=seqs0,
+    live_logprobs=live_lp0,
+    finished_seqs=jnp.zeros_like(seqs0),
+    finished_scores=jnp.full((batch, k), -jnp.inf),
+    finished_flags=jnp.zeros((batch, k), bool),
+    cache=flat_cache0,
+  )
   final = lax.while_loop(cond, body, init)
   # Beams cut off by the length limit count after every finished beam of their row.
   live_scores = final.live_logprobs / brevity_penalty(alpha, jnp.minimum(final.cur_index, limit))[:, None]
@@ -400,8 +433,10 @@ def beam_search(
   fin_rank = jnp.where(final.finished_flags, final.finished_scores, -jnp.inf)
   live_rank = jnp.where(live_valid, live_scores - 1e9, -jnp.inf)
   rank = jnp.concatenate([fin_rank, live_rank], axis=1)
-  scores = jnp.concatenate([jnp.where(final.finished_flags, final.finished_scores, NEG_INF),
-                            jnp.where(live_valid, live_scores, NEG_INF)], axis=1)
+  scores = jnp.concatenate(
+    [jnp.where(final.finished_flags, final.finished_scores, NEG_INF), jnp.where(live_valid, live_scores, NEG_INF)],
+    axis=1,
+  )
   seqs = jnp.concatenate([final.finished_seqs, final.live_seqs], axis=1)
   _, best = lax.top_k(rank, k)
   best = best[:, ::-1]  # ascending: best last

@@ -17,9 +17,11 @@ def main(argv):
   gin_flags.prepare_runner(argv)
   import gin  # pylint: disable=g-import-not-at-top
   from gpt_plugin.inference import eval_lib  # pylint: disable=g-import-not-at-top
+
   with gin_flags.exit_on(ValueError, FileNotFoundError):  # ParamsMismatchError is a ValueError
     gin_flags.parse_from_flags()
     gin.get_configurable(eval_lib.evaluate)()
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=gin_flags.flags_parser)

@@ -13,6 +13,7 @@ log-probabilities and the end reason per sample.
 One compiled program per (batch size, cache length, decoding settings): prefill of all prompts (different
 lengths in one batch) and the whole decoding loop run inside one `jax.jit`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ class GenerateOutput:
     finished: [B, N] True where the sample ended with EOS (False: cut off by the length limit).
     prompt_lengths: [B].
   """
+
   sequences: np.ndarray
   continuations: List[List[List[int]]]
   scores: np.ndarray
@@ -58,16 +60,24 @@ def _init_cache(model, params, batch: int, length: int):
   if hasattr(model, "init_cache"):
     return model.init_cache(params, batch, length)
   tokens = jnp.ones((batch, length), jnp.int32)  # T5X DecoderOnlyModel: the module has the same contract
-  _, variables = model.module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True,
-                                    mutable=["cache"])
+  _, variables = model.module.apply(
+    {"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"]
+  )
   return variables["cache"]
 
 
 def _prefill(model, params, cache, inputs, lengths):
   if hasattr(model, "prefill_cache"):
     return model.prefill_cache(params, cache, inputs, lengths)[1]
-  _, variables = model.module.apply({"params": params, "cache": cache}, inputs, inputs, enable_dropout=False,
-                                    prefill=True, prefill_lengths=lengths, mutable=["cache"])
+  _, variables = model.module.apply(
+    {"params": params, "cache": cache},
+    inputs,
+    inputs,
+    enable_dropout=False,
+    prefill=True,
+    prefill_lengths=lengths,
+    mutable=["cache"],
+  )
   return variables["cache"]
 
 
@@ -76,10 +86,17 @@ def _tokens_to_logits_fn(model, params, length):
     return model.make_tokens_to_logits(params, length)
 
   def tokens_to_logits(state):
-    logits, variables = model.module.apply({"params": params, "cache": state.cache}, state.cur_token,
-                                           state.cur_token, enable_dropout=False, decode=True,
-                                           max_decode_length=length, mutable=["cache"])
+    logits, variables = model.module.apply(
+      {"params": params, "cache": state.cache},
+      state.cur_token,
+      state.cur_token,
+      enable_dropout=False,
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+    )
     return logits[:, 0, :], variables["cache"]
+
   return tokens_to_logits
 
 
@@ -115,12 +132,18 @@ class Generator:
       fn = _tokens_to_logits_fn(model, params, length)
       kwargs = dict(decode_kwargs)
       if method == "beam":
-        return decoding.beam_search(inputs, cache, fn, initial_index=prompt_lengths, cache_offset=int(scan),
-                                    **kwargs)
-      return decoding.temperature_sample(inputs, cache, fn, decode_rng=rng,
-                                         temperature=0.0 if greedy else temperature,
-                                         topp=topp if use_topp else 0.0, initial_index=prompt_lengths,
-                                         cache_offset=int(scan), **kwargs)
+        return decoding.beam_search(inputs, cache, fn, initial_index=prompt_lengths, cache_offset=int(scan), **kwargs)
+      return decoding.temperature_sample(
+        inputs,
+        cache,
+        fn,
+        decode_rng=rng,
+        temperature=0.0 if greedy else temperature,
+        topp=topp if use_topp else 0.0,
+        initial_index=prompt_lengths,
+        cache_offset=int(scan),
+        **kwargs,
+      )
 
     self._compiled[key] = jax.jit(run)
     return self._compiled[key]
@@ -139,11 +162,24 @@ class Generator:
     return [[int(t) for t in p] for p in prompts], False
 
   # ---------------------------------------------------------------------------------------------- public
-  def generate(self, prompts: Tokens, max_length: Optional[int] = None, *, max_new_tokens: Optional[int] = None,
-               temperature: float = 1.0, sample: bool = False, sample_rng: Optional[jax.Array] = None,
-               top_k: Optional[int] = None, top_p: Optional[float] = None, num_samples: int = 1,
-               num_beams: Optional[int] = None, alpha: float = 0.0, eos_id: Optional[int] = None,
-               rescale_log_probs: bool = False, return_output: bool = False):
+  def generate(
+    self,
+    prompts: Tokens,
+    max_length: Optional[int] = None,
+    *,
+    max_new_tokens: Optional[int] = None,
+    temperature: float = 1.0,
+    sample: bool = False,
+    sample_rng: Optional[jax.Array] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    num_samples: int = 1,
+    num_beams: Optional[int] = None,
+    alpha: float = 0.0,
+    eos_id: Optional[int] = None,
+    rescale_log_probs: bool = False,
+    return_output: bool = False,
+  ):
     """Continues one prompt (a list of ids) or a batch of prompts of different lengths.
 
     Args:
@@ -164,8 +200,10 @@ class Generator:
     rows, single = self._encode_prompts(prompts)
     for i, p in enumerate(rows):
       if not p:
-        raise ValueError(f"prompt {i} is empty: give at least one token (e.g. the EOS id "
-                         f"{_eos_of(self.model, eos_id)} to start a new document)")
+        raise ValueError(
+          f"prompt {i} is empty: give at least one token (e.g. the EOS id "
+          f"{_eos_of(self.model, eos_id)} to start a new document)"
+        )
     longest = max(len(p) for p in rows)
     if (max_length is None) == (max_new_tokens is None):
       raise ValueError("give exactly one of max_length (prompt + new tokens) and max_new_tokens")
@@ -175,12 +213,16 @@ class Generator:
       max_length = longest + int(max_new_tokens)
     max_length = int(max_length)
     if longest >= max_length:
-      raise ValueError(f"prompt of {longest} tokens does not fit max_length={max_length} (the KV-cache length); "
-                       f"max_length must exceed the prompt length to leave room for new tokens")
+      raise ValueError(
+        f"prompt of {longest} tokens does not fit max_length={max_length} (the KV-cache length); "
+        f"max_length must exceed the prompt length to leave room for new tokens"
+      )
     table = _model_cache_limit(self.model)
     if table is not None and max_length > table:
-      raise ValueError(f"max_length={max_length} exceeds the learned position table "
-                       f"(max_position_embeddings={table}); ALiBi models have no such limit")
+      raise ValueError(
+        f"max_length={max_length} exceeds the learned position table "
+        f"(max_position_embeddings={table}); ALiBi models have no such limit"
+      )
     if num_beams is not None and num_beams < 1:
       raise ValueError(f"num_beams={num_beams} must be >= 1")
     if num_samples < 1:
@@ -191,7 +233,7 @@ class Generator:
     inputs = np.zeros((batch, max_length), np.int32)
     lengths = np.zeros((batch,), np.int32)
     for b, p in enumerate(rows):
-      inputs[b, 1:len(p) + 1] = p[:max_length - 1]
+      inputs[b, 1 : len(p) + 1] = p[: max_length - 1]
       lengths[b] = len(p)
     # decoder-input convention: BOS 0 at position 0, the prompt at 1..n; prefill positions < n, start at n.
     rng = sample_rng if sample_rng is not None else jax.random.PRNGKey(0)
@@ -220,8 +262,9 @@ class Generator:
       n_out = int(num_samples)
     key = (method, batch, max_length, tuple(sorted(kwargs.items())), topp > 0.0, temp <= 0.0)
     program = self._program(key, method, kwargs, use_topp=topp > 0.0, greedy=temp <= 0.0)
-    decodes, scores = program(self.params, jnp.asarray(inputs), jnp.asarray(lengths), rng,
-                              jnp.float32(temp), jnp.float32(topp))
+    decodes, scores = program(
+      self.params, jnp.asarray(inputs), jnp.asarray(lengths), rng, jnp.float32(temp), jnp.float32(topp)
+    )
     decodes, scores = np.asarray(decodes)[:, ::-1][:, :n_out], np.asarray(scores)[:, ::-1][:, :n_out]  # best first
     sequences = np.zeros((batch, n_out, max_length), np.int32)
     continuations, finished = [], np.zeros((batch, n_out), bool)
@@ -229,10 +272,10 @@ class Generator:
       n = int(lengths[b])
       per = []
       for s in range(n_out):
-        row = decodes[b, s]            # output coordinates: [x1..xn, y1, ...]
+        row = decodes[b, s]  # output coordinates: [x1..xn, y1, ...]
         new = row[n:].tolist()
         if eos in new:
-          new = new[:new.index(eos)]
+          new = new[: new.index(eos)]
           finished[b, s] = True
         else:
           while new and new[-1] == 0:  # padding after the limit
@@ -240,17 +283,19 @@ class Generator:
         per.append(new)
         full = list(rows[b]) + new + ([eos] if finished[b, s] else [])
         full = full[:max_length]
-        sequences[b, s, :len(full)] = full
+        sequences[b, s, : len(full)] = full
       continuations.append(per)
-    out = GenerateOutput(sequences=sequences, continuations=continuations, scores=scores, finished=finished,
-                         prompt_lengths=lengths)
+    out = GenerateOutput(
+      sequences=sequences, continuations=continuations, scores=scores, finished=finished, prompt_lengths=lengths
+    )
     if return_output:
       return out
     result = sequences[:, 0] if n_out == 1 else sequences
     return result[0] if single else result
 
-  def generate_text(self, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64, *,
-                    return_output: bool = False, **kwargs):
+  def generate_text(
+    self, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64, *, return_output: bool = False, **kwargs
+  ):
     """Text in, text out through the vocabulary (the continuation only, up to EOS).
 
     Takes the same keyword arguments as `generate` (temperature, sample, top_k, top_p, num_samples, ...).
@@ -281,7 +326,6 @@ def generate(model: Any, params: Any, prompts: Tokens, max_length: Optional[int]
   return Generator(model, params).generate(prompts, max_length, **kwargs)
 
 
-def generate_text(model: Any, params: Any, prompts: Union[str, Sequence[str]], vocabulary: Any = None,
-                  **kwargs):
+def generate_text(model: Any, params: Any, prompts: Union[str, Sequence[str]], vocabulary: Any = None, **kwargs):
   """One-call text in / text out."""
   return Generator(model, params, vocabulary).generate_text(prompts, **kwargs)

@@ -32,12 +32,20 @@ def main(argv):
   F = flags.FLAGS
   import gin  # pylint: disable=g-import-not-at-top
   from gpt_plugin.inference import infer_lib  # pylint: disable=g-import-not-at-top
+
   with gin_flags.exit_on(ValueError, FileNotFoundError):  # ParamsMismatchError is a ValueError
     gin_flags.parse_from_flags()
     if F.prompt:
       gin.get_configurable(infer_lib.interactive)(
-          F.prompt, max_new_tokens=F.max_new_tokens, temperature=F.temperature, top_k=F.top_k, top_p=F.top_p,
-          sample=not F.greedy, num_samples=F.num_samples, seed=F.seed)
+        F.prompt,
+        max_new_tokens=F.max_new_tokens,
+        temperature=F.temperature,
+        top_k=F.top_k,
+        top_p=F.top_p,
+        sample=not F.greedy,
+        num_samples=F.num_samples,
+        seed=F.seed,
+      )
     else:
       gin.get_configurable(infer_lib.infer)()
 

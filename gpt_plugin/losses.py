@@ -1,4 +1,5 @@
 """Weighted token cross-entropy in float32 with optional z-loss and label smoothing; no one-hot tensors."""
+
 import jax
 import jax.numpy as jnp
 

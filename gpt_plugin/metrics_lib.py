@@ -1,4 +1,5 @@
 """Small clu metrics missing from clu itself."""
+
 import flax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics

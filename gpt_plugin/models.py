@@ -3,6 +3,7 @@
 Our runners (train, eval, infer) talk to models only through this interface, so a gin file can swap in
 `t5x.models.DecoderOnlyModel` with the same `GPTDecoder` module.
 """
+
 import functools
 from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple
 
@@ -25,6 +26,7 @@ PyTree = Any
 
 def _default_decode_fn():
   from gpt_plugin import decoding  # pylint: disable=import-outside-toplevel
+
   return decoding.temperature_sample
 
 
@@ -42,10 +44,17 @@ class DecoderOnlyLM:
 
   FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter if seqio is not None else None
 
-  def __init__(self, module, vocabulary: Optional["seqio.Vocabulary"] = None, optimizer_def: Any = None,
-               decode_fn: Optional[Callable] = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
-               loss_normalizing_factor: Optional[float] = None,
-               feature_converter_cls: Optional[Callable[..., "seqio.FeatureConverter"]] = None):
+  def __init__(
+    self,
+    module,
+    vocabulary: Optional["seqio.Vocabulary"] = None,
+    optimizer_def: Any = None,
+    decode_fn: Optional[Callable] = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    loss_normalizing_factor: Optional[float] = None,
+    feature_converter_cls: Optional[Callable[..., "seqio.FeatureConverter"]] = None,
+  ):
     self.module = module
     self.vocabulary = vocabulary
     self.optimizer_def = optimizer_def
@@ -74,8 +83,9 @@ class DecoderOnlyLM:
     return self._decode_fn or _default_decode_fn()
 
   # ---------------------------------------------------------------------------------------------- init
-  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]],
-                            input_types: Optional[Mapping[str, Any]] = None) -> flax.core.FrozenDict:
+  def get_initial_variables(
+    self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]], input_types: Optional[Mapping[str, Any]] = None
+  ) -> flax.core.FrozenDict:
     """Initial `params` and `params_axes` (a FrozenDict, as T5X's train state requires)."""
     input_types = input_types or {}
     shape = input_shapes["decoder_input_tokens"]
@@ -85,15 +95,27 @@ class DecoderOnlyLM:
     return flax.core.freeze(flax.core.unfreeze(variables))
 
   # ---------------------------------------------------------------------------------------- forward
-  def _compute_logits(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array] = None,
-                      mutable: Any = False, other_variables: Optional[Mapping[str, Any]] = None):
+  def _compute_logits(
+    self,
+    params: PyTree,
+    batch: Mapping[str, Array],
+    dropout_rng: Optional[Array] = None,
+    mutable: Any = False,
+    other_variables: Optional[Mapping[str, Any]] = None,
+  ):
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
-        {"params": params, **(other_variables or {})},
-        batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-        decoder_segment_ids=batch.get("decoder_segment_ids"), decoder_positions=batch.get("decoder_positions"),
-        decoder_causal_attention=batch.get("decoder_causal_attention"), rngs=rngs, decode=False,
-        enable_dropout=rngs is not None, mutable=mutable)
+      {"params": params, **(other_variables or {})},
+      batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      decoder_segment_ids=batch.get("decoder_segment_ids"),
+      decoder_positions=batch.get("decoder_positions"),
+      decoder_causal_attention=batch.get("decoder_causal_attention"),
+      rngs=rngs,
+      decode=False,
+      enable_dropout=rngs is not None,
+      mutable=mutable,
+    )
 
   def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
     """Mean weighted token cross-entropy (+ z-loss) in float32, and clu metrics.
@@ -107,17 +129,18 @@ class DecoderOnlyLM:
       weights = jnp.ones(batch["decoder_target_tokens"].shape, jnp.float32)
     targets = batch["decoder_target_tokens"]
     per_token, nll, z_term, weights = losses.weighted_cross_entropy(
-        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+      logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss
+    )
     num_tokens = jnp.sum(weights)
     denominator = self.loss_normalizing_factor or jnp.maximum(num_tokens, 1.0)
     loss = jnp.sum(per_token * weights) / denominator
     metrics = {
-        "loss": weighted_average(per_token, weights),
-        "cross_ent_loss": weighted_average(nll, weights),
-        "z_loss": weighted_average(z_term, weights),
-        "accuracy": weighted_average(losses.token_accuracy(logits, targets), weights),
-        "num_tokens": Sum(total=num_tokens),
-        "num_examples": Sum(total=jnp.asarray(targets.shape[0], jnp.float32)),
+      "loss": weighted_average(per_token, weights),
+      "cross_ent_loss": weighted_average(nll, weights),
+      "z_loss": weighted_average(z_term, weights),
+      "accuracy": weighted_average(losses.token_accuracy(logits, targets), weights),
+      "num_tokens": Sum(total=num_tokens),
+      "num_examples": Sum(total=jnp.asarray(targets.shape[0], jnp.float32)),
     }
     return loss, metrics
 
@@ -136,8 +159,11 @@ class DecoderOnlyLM:
     scores = jnp.sum(token_scores, axis=-1)
     if return_intermediates:
       intermediates = flax.core.unfreeze(state).get("intermediates", {})
-      intermediates["decoder"] = {"target_tokens": (batch["decoder_target_tokens"],),
-                                  "loss_weights": (weights,), "token_scores": (token_scores,)}
+      intermediates["decoder"] = {
+        "target_tokens": (batch["decoder_target_tokens"],),
+        "loss_weights": (weights,),
+        "token_scores": (token_scores,),
+      }
       return scores, intermediates
     return scores
 
@@ -145,8 +171,9 @@ class DecoderOnlyLM:
   def init_cache(self, params: PyTree, batch_size: int, max_length: int) -> PyTree:
     """An empty decode cache for `batch_size` rows of up to `max_length` positions."""
     tokens = jnp.ones((batch_size, max_length), jnp.int32)
-    _, variables = self.module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True,
-                                     mutable=["cache"])
+    _, variables = self.module.apply(
+      {"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"]
+    )
     return variables["cache"]
 
   def prefill_cache(self, params: PyTree, cache: PyTree, inputs: Array, lengths: Array):
@@ -154,8 +181,14 @@ class DecoderOnlyLM:
 
     Returns (logits [B, L, V], cache)."""
     logits, variables = self.module.apply(
-        {"params": params, "cache": cache}, inputs, inputs, enable_dropout=False, prefill=True,
-        prefill_lengths=lengths, mutable=["cache"])
+      {"params": params, "cache": cache},
+      inputs,
+      inputs,
+      enable_dropout=False,
+      prefill=True,
+      prefill_lengths=lengths,
+      mutable=["cache"],
+    )
     return logits, variables["cache"]
 
   def make_tokens_to_logits(self, params: PyTree, max_decode_length: int) -> Callable:
@@ -164,8 +197,14 @@ class DecoderOnlyLM:
     def tokens_to_logits(state):
       flat_ids = state.cur_token
       logits, variables = self.module.apply(
-          {"params": params, "cache": state.cache}, flat_ids, flat_ids, enable_dropout=False, decode=True,
-          max_decode_length=max_decode_length, mutable=["cache"])
+        {"params": params, "cache": state.cache},
+        flat_ids,
+        flat_ids,
+        enable_dropout=False,
+        decode=True,
+        max_decode_length=max_decode_length,
+        mutable=["cache"],
+      )
       return logits[:, 0, :], variables["cache"]
 
     return tokens_to_logits
@@ -173,9 +212,16 @@ class DecoderOnlyLM:
   def predict_batch(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None, **kwargs):
     return self.predict_batch_with_aux(params, batch, rng=rng, **kwargs)[0]
 
-  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None, *,
-                             return_all_decodes: bool = False, num_decodes: int = 1,
-                             decoder_params: Optional[MutableMapping[str, Any]] = None):
+  def predict_batch_with_aux(
+    self,
+    params: PyTree,
+    batch: Mapping[str, Array],
+    rng: Optional[Array] = None,
+    *,
+    return_all_decodes: bool = False,
+    num_decodes: int = 1,
+    decoder_params: Optional[MutableMapping[str, Any]] = None,
+  ):
     """Continue each prompt (the `decoder_causal_attention` region of `decoder_input_tokens`).
 
     Follows T5X's DecoderOnlyModel: the prompt is prefilled into the cache, `decode_fn` runs the jitted
@@ -183,8 +229,10 @@ class DecoderOnlyLM:
     Returns (decodes [B, L] or [B, num_decodes, L], {'scores': [B] or [B, num_decodes]}).
     """
     if "decoder_causal_attention" not in batch:
-      raise ValueError("predict_batch_with_aux needs `decoder_causal_attention` in the batch (the prompt region), "
-                       "as produced by seqio.DecoderFeatureConverter for a task with `inputs` and `targets`")
+      raise ValueError(
+        "predict_batch_with_aux needs `decoder_causal_attention` in the batch (the prompt region), "
+        "as produced by seqio.DecoderFeatureConverter for a task with `inputs` and `targets`"
+      )
     tokens = batch["decoder_input_tokens"]
     causal = batch["decoder_causal_attention"]
     inputs = tokens * causal
@@ -198,9 +246,15 @@ class DecoderOnlyLM:
       decoder_params["decode_rng"] = rng
     scan = bool(getattr(self.module, "scan_layers", False))
     decodes, scores = self.decode_fn(
-        inputs=inputs, cache=cache, tokens_to_logits=self.make_tokens_to_logits(params, length),
-        eos_id=self.vocabulary.eos_id if self.vocabulary is not None else 1, num_decodes=num_decodes,
-        initial_index=prompt_lengths, cache_offset=1 if scan else 0, **decoder_params)
+      inputs=inputs,
+      cache=cache,
+      tokens_to_logits=self.make_tokens_to_logits(params, length),
+      eos_id=self.vocabulary.eos_id if self.vocabulary is not None else 1,
+      num_decodes=num_decodes,
+      initial_index=prompt_lengths,
+      cache_offset=1 if scan else 0,
+      **decoder_params,
+    )
     decodes = _remove_prefix(decodes, prompt_lengths)
     if return_all_decodes:
       return decodes, {"scores": scores}

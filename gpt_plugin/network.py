@@ -10,6 +10,7 @@ The `cache` collection follows T5X's conventions (`cached_key`, `cached_value`, 
 leaves; a leading `layers` axis when `scan_layers`), so `t5x.decoding.temperature_sample`/`beam_search` work
 unchanged. Every parameter carries logical axis names in the `params_axes` collection.
 """
+
 import dataclasses
 import math
 from typing import Optional
@@ -29,11 +30,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 POSITION_EMBEDDINGS = ("alibi", "learned")
 BLOCK_TYPES = ("parallel", "sequential")
 REMAT_POLICIES = {
-    "none": None,
-    "full": "recompute everything in the block",
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+  "none": None,
+  "full": "recompute everything in the block",
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
 }
 
 
@@ -104,17 +105,24 @@ class GPTConfig:
         fail(f"{name}={getattr(self, name)} must be a positive integer")
     if self.mlp_dim is not None and self.mlp_dim < 1:
       fail(f"mlp_dim={self.mlp_dim} must be a positive integer or None")
-    for name, choices in (("position_embedding", POSITION_EMBEDDINGS), ("block_type", BLOCK_TYPES),
-                          ("attention_impl", ATTENTION_IMPLS), ("dtype", tuple(DTYPES)),
-                          ("param_dtype", tuple(DTYPES)), ("remat_policy", tuple(REMAT_POLICIES))):
+    for name, choices in (
+      ("position_embedding", POSITION_EMBEDDINGS),
+      ("block_type", BLOCK_TYPES),
+      ("attention_impl", ATTENTION_IMPLS),
+      ("dtype", tuple(DTYPES)),
+      ("param_dtype", tuple(DTYPES)),
+      ("remat_policy", tuple(REMAT_POLICIES)),
+    ):
       if getattr(self, name) not in choices:
         fail(f"{name}={getattr(self, name)!r} is not one of {choices}")
     if self.use_static_sgu:
       if self.emb_dim % 2:
         fail(f"use_static_sgu=True needs an even emb_dim, got emb_dim={self.emb_dim}")
       if (self.emb_dim // 2) % self.num_heads:
-        fail(f"num_heads={self.num_heads} must divide the attention half width emb_dim/2={self.emb_dim // 2} "
-             "when use_static_sgu=True")
+        fail(
+          f"num_heads={self.num_heads} must divide the attention half width emb_dim/2={self.emb_dim // 2} "
+          "when use_static_sgu=True"
+        )
     elif self.emb_dim % self.num_heads:
       fail(f"num_heads={self.num_heads} must divide emb_dim={self.emb_dim}")
     for name in ("dropout_rate", "attention_dropout_rate"):
@@ -122,8 +130,10 @@ class GPTConfig:
       if rate is not None and not 0.0 <= rate < 1.0:
         fail(f"{name}={rate} must be in [0, 1)")
     if self.attention_impl != "xla" and self.attention_dropout > 0.0:
-      fail(f"attention_impl={self.attention_impl!r} has no attention-probability dropout; set "
-           f"attention_dropout_rate=0.0 (dropout_rate={self.dropout_rate} still applies to residuals)")
+      fail(
+        f"attention_impl={self.attention_impl!r} has no attention-probability dropout; set "
+        f"attention_dropout_rate=0.0 (dropout_rate={self.dropout_rate} still applies to residuals)"
+      )
     if self.position_embedding == "learned" and self.max_position_embeddings < 1:
       fail(f"max_position_embeddings={self.max_position_embeddings} must be positive")
 
@@ -199,10 +209,20 @@ class GPTDecoder(nn.Module):
     return self.config.scan_layers
 
   @nn.compact
-  def __call__(self, decoder_input_tokens, decoder_target_tokens=None, decoder_segment_ids=None,
-               decoder_positions=None, decoder_causal_attention=None, *, enable_dropout: bool = True,
-               decode: bool = False, max_decode_length: Optional[int] = None, prefill: bool = False,
-               prefill_lengths: Optional[jax.Array] = None):
+  def __call__(
+    self,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    decoder_segment_ids=None,
+    decoder_positions=None,
+    decoder_causal_attention=None,
+    *,
+    enable_dropout: bool = True,
+    decode: bool = False,
+    max_decode_length: Optional[int] = None,
+    prefill: bool = False,
+    prefill_lengths: Optional[jax.Array] = None,
+  ):
     del decoder_target_tokens, decoder_causal_attention, max_decode_length  # causal LM; lengths come from the cache
     cfg = self.config
     if decode and prefill:
@@ -218,14 +238,16 @@ class GPTDecoder(nn.Module):
     x = embedder(tokens)
     if cfg.position_embedding == "learned":
       if seq > cfg.max_position_embeddings:
-        raise ValueError(f"sequence length {seq} exceeds GPTConfig.max_position_embeddings="
-                         f"{cfg.max_position_embeddings} of the learned position table (ALiBi has no such limit)")
+        raise ValueError(
+          f"sequence length {seq} exceeds GPTConfig.max_position_embeddings="
+          f"{cfg.max_position_embeddings} of the learned position table (ALiBi has no such limit)"
+        )
       positions = decoder_positions if (decoder_positions is not None and segment_ids is not None) else None
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(seq)[None], (batch, seq))
-      x = x + PositionEmbedding(cfg.max_position_embeddings, cfg.emb_dim, cfg.init_std, dtype, param_dtype,
-                                name="position_embedder")(positions, decode=decode, prefill=prefill,
-                                                          prefill_lengths=prefill_lengths, seq_len=seq)
+      x = x + PositionEmbedding(
+        cfg.max_position_embeddings, cfg.emb_dim, cfg.init_std, dtype, param_dtype, name="position_embedder"
+      )(positions, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths, seq_len=seq)
     if cfg.embedding_layer_norm:
       x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name="embedding_norm")(x)
 
@@ -234,8 +256,13 @@ class GPTDecoder(nn.Module):
     block_cls = _block_class(cfg)
     if cfg.scan_layers:
       stack = nn_partitioning.scan_with_axes(
-          block_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast,) * len(block_args), length=cfg.num_layers, axis_name="layers")
+        block_cls,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(block_args),
+        length=cfg.num_layers,
+        axis_name="layers",
+      )
       x, _ = stack(cfg, scanned=True, name="layers")(x, *block_args)
     else:
       for i in range(cfg.num_layers):
@@ -245,5 +272,6 @@ class GPTDecoder(nn.Module):
     logits = nn.with_logical_constraint(embedder.attend(x), ("batch", "length", "vocab"))
     if cfg.head_qk_trick:
       logits = HeadQK(cfg.head_qk_dim, dtype, param_dtype, name="head_qk")(
-          x, tokens, logits, segment_ids, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)
+        x, tokens, logits, segment_ids, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths
+      )
     return logits

@@ -17,6 +17,7 @@ Written layout (`save_params`, the params-only export format of `gpt_plugin.trai
 Checking (`compare_param_shapes`, `check_params_against`): names are '/'-joined paths
 (`layers_0/attention/out/kernel`); every missing, unexpected and mis-shaped param is listed.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ def param_shapes(tree: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
   return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(np.shape(v)) for k, v in flatten(tree).items()}
 
 
-def compare_param_shapes(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]],
-                         reference: str = "model") -> List[str]:
+def compare_param_shapes(
+  expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]], reference: str = "model"
+) -> List[str]:
   """Every difference between two name -> shape maps, sorted by name: 'missing: NAME (model shape S)',
   'unexpected: NAME (shape S)', 'wrong shape: NAME: S, model expects S2' (`reference` replaces 'model')."""
   expected = {k: tuple(int(d) for d in s) for k, s in expected.items()}
@@ -93,6 +95,7 @@ def abstract_params(config: Any) -> Dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from gpt_plugin.network import GPTDecoder  # pylint: disable=import-outside-toplevel
+
   module = GPTDecoder(config)
   tokens = jnp.ones((1, 4), jnp.int32)
   shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, enable_dropout=False))
@@ -102,6 +105,7 @@ def abstract_params(config: Any) -> Dict[str, Any]:
 def _model_abstract_params(model: Any, sequence_length: int = 8) -> Any:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   shapes = {"decoder_input_tokens": (1, sequence_length), "decoder_target_tokens": (1, sequence_length)}
   types = {k: jnp.int32 for k in shapes}
   variables = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes, types), jax.random.PRNGKey(0))
@@ -112,6 +116,7 @@ def expected_param_shapes(model_or_config: Any) -> Dict[str, Tuple[int, ...]]:
   """Name -> shape of the params of a GPTConfig, of a model (`get_initial_variables`, e.g. `DecoderOnlyLM`), or of
   a param tree (arrays or ShapeDtypeStructs) standing for the model."""
   from gpt_plugin.network import GPTConfig  # pylint: disable=import-outside-toplevel
+
   if isinstance(model_or_config, GPTConfig):
     return param_shapes(abstract_params(model_or_config))
   if hasattr(model_or_config, "get_initial_variables"):
@@ -123,15 +128,23 @@ def expected_param_shapes(model_or_config: Any) -> Dict[str, Tuple[int, ...]]:
 
 def _describe(model_or_config: Any) -> str:
   from gpt_plugin.network import GPTConfig  # pylint: disable=import-outside-toplevel
+
   config = model_or_config if isinstance(model_or_config, GPTConfig) else getattr(model_or_config, "config", None)
   if not isinstance(config, GPTConfig):
     return "the model"
-  return (f"the model (num_layers={config.num_layers}, emb_dim={config.emb_dim}, num_heads={config.num_heads}, "
-          f"vocab_size={config.vocab_size}, scan_layers={config.scan_layers})")
+  return (
+    f"the model (num_layers={config.num_layers}, emb_dim={config.emb_dim}, num_heads={config.num_heads}, "
+    f"vocab_size={config.vocab_size}, scan_layers={config.scan_layers})"
+  )
 
 
-def check_params_against(model_or_config: Any, params: Mapping[str, Any], what: str = "params",
-                         hint: Optional[str] = None, error: Type[ParamsMismatchError] = ParamsMismatchError) -> None:
+def check_params_against(
+  model_or_config: Any,
+  params: Mapping[str, Any],
+  what: str = "params",
+  hint: Optional[str] = None,
+  error: Type[ParamsMismatchError] = ParamsMismatchError,
+) -> None:
   """Raises `error` (a ParamsMismatchError) listing every param of `params` missing from, unexpected in or
   mis-shaped for the model (a GPTConfig, a model or an abstract param tree, see `expected_param_shapes`).
   `what` names the params (e.g. a path) at the start of the message; `hint` is appended to its title."""
@@ -206,12 +219,15 @@ def resolve_checkpoint(path: str, step: Optional[int] = None) -> Tuple[str, str]
     return "msgpack", os.path.join(path, "params.msgpack")
   if any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS):
     return "orbax", path
-  raise FileNotFoundError(f"no checkpoint found at {path!r} (expected checkpoint_<step>/state, an exported "
-                          f"params/ directory or params.msgpack)")
+  raise FileNotFoundError(
+    f"no checkpoint found at {path!r} (expected checkpoint_<step>/state, an exported "
+    f"params/ directory or params.msgpack)"
+  )
 
 
 def _read_msgpack(path: str) -> Dict[str, Any]:
   from flax import serialization  # pylint: disable=import-outside-toplevel
+
   with open(path, "rb") as f:
     data = f.read()
   try:
@@ -228,6 +244,7 @@ def _read_msgpack(path: str) -> Dict[str, Any]:
 def _read_orbax(path: str) -> Dict[str, Any]:
   """The params of an orbax PyTree checkpoint as numpy: only the `params` / `target` entry when there is one."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   path = os.path.abspath(path)
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
@@ -238,8 +255,11 @@ def _read_orbax(path: str) -> Dict[str, Any]:
     if key is not None:
       tree = {key: tree[key]}
     restore_args = _map_leaves(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    restored = _to_plain(ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=tree, restore_args=restore_args, partial_restore=key is not None)))
+    restored = _to_plain(
+      ckptr.restore(
+        path, args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args, partial_restore=key is not None)
+      )
+    )
   return _unwrap(restored[key] if key else restored)
 
 
@@ -254,11 +274,16 @@ def load_model_params(path: str, model: Any, dtype: Optional[Any] = None, step: 
   (cast to `dtype` when given). Raises FileNotFoundError / ParamsMismatchError naming `path`."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   if path is None:
     raise ValueError("CHECKPOINT_PATH is not set (give --gin.CHECKPOINT_PATH=\\\"/path/to/model_dir\\\")")
   params, where = load_params(path, step)
-  check_params_against(model, params, what=f"params of checkpoint {path!r} ({where})",
-                       hint="it holds another model than the one configured (check the model gin files)")
+  check_params_against(
+    model,
+    params,
+    what=f"params of checkpoint {path!r} ({where})",
+    hint="it holds another model than the one configured (check the model gin files)",
+  )
   cast = (lambda x: jnp.asarray(x, dtype)) if dtype else jnp.asarray
   return jax.tree.map(cast, params)
 
@@ -267,6 +292,7 @@ def load_model_params(path: str, model: Any, dtype: Optional[Any] = None, step: 
 def save_params(out_dir: str, params: Dict[str, Any], info: Optional[dict] = None, msgpack: bool = False) -> str:
   """Writes OUT/params (orbax), optionally OUT/params.msgpack, and OUT/convert_info.json. Returns OUT."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   tree = {"params": _map_leaves(np.asarray, params)}
@@ -275,6 +301,7 @@ def save_params(out_dir: str, params: Dict[str, Any], info: Optional[dict] = Non
     saver.wait_until_finished()
   if msgpack:
     from flax import serialization  # pylint: disable=import-outside-toplevel
+
     with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
       f.write(serialization.msgpack_serialize(tree))
   if info is not None:

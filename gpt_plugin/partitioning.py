@@ -10,6 +10,7 @@ The batch is always split over ``('data', 'fsdp')``. Which *parameter* dimension
 decided by the logical axis rules (``gin/partitioning/*.gin``), which map the model's logical names
 (``vocab, embed, mlp, joined_kv, heads, ...``) to mesh axes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,23 @@ BATCH_AXES = ("data", "fsdp")
 LogicalRules = Sequence[Tuple[str, Union[None, str, Tuple[str, ...]]]]
 
 # Logical names that are never sharded (always appended, like T5X does).
-_ALWAYS_REPLICATED = ("length", "kv", "stack", "layers", "abspos_buckets", "head_qk", "relpos_buckets",
-                      "mlp_activations")
+_ALWAYS_REPLICATED = (
+  "length",
+  "kv",
+  "stack",
+  "layers",
+  "abspos_buckets",
+  "head_qk",
+  "relpos_buckets",
+  "mlp_activations",
+)
 
 
-def logical_axis_rules(param_rules: LogicalRules = (), activation_rules: LogicalRules = (),
-                       batch: Union[str, Tuple[str, ...], None] = BATCH_AXES) -> Tuple[Tuple[str, Any], ...]:
+def logical_axis_rules(
+  param_rules: LogicalRules = (),
+  activation_rules: LogicalRules = (),
+  batch: Union[str, Tuple[str, ...], None] = BATCH_AXES,
+) -> Tuple[Tuple[str, Any], ...]:
   """Builds the full rule list: batch rule, then parameter rules, then activation rules, then replicated names.
 
   flax resolves rules in order and never uses one mesh axis twice in a spec, so e.g. with FSDP
@@ -51,10 +63,15 @@ def logical_axis_rules(param_rules: LogicalRules = (), activation_rules: Logical
   return tuple(rules)
 
 
-def maybe_initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                                 process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
-                                 cpu_collectives: Optional[str] = None, auto: bool = False,
-                                 initialization_timeout: int = 300) -> bool:
+def maybe_initialize_distributed(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_ids: Optional[Sequence[int]] = None,
+  cpu_collectives: Optional[str] = None,
+  auto: bool = False,
+  initialization_timeout: int = 300,
+) -> bool:
   """Calls `jax.distributed.initialize` when configured (coordinator given, or `auto` on TPU/SLURM).
 
   Returns True when a multi-process run was started. Must run before anything touches the devices.
@@ -62,6 +79,7 @@ def maybe_initialize_distributed(coordinator_address: Optional[str] = None, num_
   if not coordinator_address and not auto:
     return False
   import gin  # pylint: disable=g-import-not-at-top
+
   if num_processes is gin.REQUIRED:
     raise ValueError("missing required gin macro NUM_HOSTS (number of processes) for the multi-host mesh")
   if cpu_collectives:
@@ -72,8 +90,13 @@ def maybe_initialize_distributed(coordinator_address: Optional[str] = None, num_
   if local_device_ids is not None:
     kwargs["local_device_ids"] = list(local_device_ids)
   jax.distributed.initialize(initialization_timeout=initialization_timeout, **kwargs)
-  logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed initialised: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -93,8 +116,12 @@ def _resolve_shape(shape: Sequence[int], total: int, what: str) -> Tuple[int, ..
   return tuple(shape)
 
 
-def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), dcn_mesh_shape: Optional[Sequence[int]] = None,
-                axis_names: Sequence[str] = MESH_AXES, devices: Optional[Sequence[Any]] = None) -> Mesh:
+def create_mesh(
+  mesh_shape: Sequence[int] = (-1, 1, 1),
+  dcn_mesh_shape: Optional[Sequence[int]] = None,
+  axis_names: Sequence[str] = MESH_AXES,
+  devices: Optional[Sequence[Any]] = None,
+) -> Mesh:
   """Creates the `(data, fsdp, tensor)` mesh.
 
   Args:
@@ -110,13 +137,14 @@ def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), dcn_mesh_shape: Optional
   if dcn_mesh_shape:
     n_slices = math.prod(dcn_mesh_shape)
     ici = _resolve_shape(mesh_shape, len(devices) // n_slices, "mesh_shape")
-    dev_array = mesh_utils.create_hybrid_device_mesh(ici, tuple(dcn_mesh_shape), devices=devices,
-                                                    process_is_granule=devices[0].platform != "tpu")
+    dev_array = mesh_utils.create_hybrid_device_mesh(
+      ici, tuple(dcn_mesh_shape), devices=devices, process_is_granule=devices[0].platform != "tpu"
+    )
   else:
     shape = _resolve_shape(mesh_shape, len(devices), "mesh_shape")
     if math.prod(shape) < len(devices):
       logging.warning("mesh_shape %s uses %d of %d devices", shape, math.prod(shape), len(devices))
-      devices = sorted(devices, key=lambda d: (d.process_index, d.id))[:math.prod(shape)]
+      devices = sorted(devices, key=lambda d: (d.process_index, d.id))[: math.prod(shape)]
     if devices[0].platform in ("cpu",) or len(devices) == 1:
       # Keep process order: processes are contiguous along the leading (data) axis.
       dev_array = np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id)), dtype=object).reshape(shape)
@@ -145,10 +173,12 @@ class Partitioner:
 
   def logical_to_mesh(self, logical_specs: Any) -> Any:
     """Maps a tree of logical PartitionSpecs (or None) to NamedShardings."""
+
     def one(spec):
       if spec is None:
         return self.replicated
       return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(spec), self.rules))
+
     return jax.tree.map(one, logical_specs, is_leaf=lambda x: x is None or isinstance(x, P))
 
   def batch_sharding(self, ndim: int = 2) -> NamedSharding:
@@ -169,12 +199,14 @@ def params_logical_specs(variables: Any, params: Any) -> Any:
   names = flax_partitioning.get_axis_names(axes)
   names = jax.tree.map(lambda x: x, names, is_leaf=lambda x: isinstance(x, P))
   flat_names = {k: v for k, v in _flatten(names)}
+
   def spec_for(path, leaf):
     key = tuple(_key_str(p) for p in path)
     spec = flat_names.get(key)
     if spec is not None and len(spec) != np.ndim(leaf):
       raise ValueError(f"param {'/'.join(key)} has rank {np.ndim(leaf)} but axes {spec}")
     return spec
+
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 

@@ -28,6 +28,7 @@ Writing (`save_pth`) produces the same zip layout with a protocol-2 pickle of di
 strings and numpy arrays; `torch.load(path, weights_only=True)` loads it. Arrays given as the same object share
 one storage (so a tied `lm_head.weight` / `wte.weight` stays tied after `load_state_dict`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -43,8 +44,16 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
-    "TorchFileError", "TorchFileCorruptError", "UnsafePickleError", "TensorRef", "Opaque", "STORAGE_DTYPES",
-    "find_opaque", "load_pth", "read_state_dict", "save_pth",
+  "TorchFileError",
+  "TorchFileCorruptError",
+  "UnsafePickleError",
+  "TensorRef",
+  "Opaque",
+  "STORAGE_DTYPES",
+  "find_opaque",
+  "load_pth",
+  "read_state_dict",
+  "save_pth",
 ]
 
 
@@ -62,19 +71,19 @@ class UnsafePickleError(TorchFileError):
 
 # torch storage class -> numpy dtype.
 STORAGE_DTYPES = {
-    "FloatStorage": np.dtype(np.float32),
-    "DoubleStorage": np.dtype(np.float64),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
-    "UInt16Storage": np.dtype(np.uint16),
-    "UInt32Storage": np.dtype(np.uint32),
-    "UInt64Storage": np.dtype(np.uint64),
+  "FloatStorage": np.dtype(np.float32),
+  "DoubleStorage": np.dtype(np.float64),
+  "HalfStorage": np.dtype(np.float16),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype(np.int64),
+  "IntStorage": np.dtype(np.int32),
+  "ShortStorage": np.dtype(np.int16),
+  "CharStorage": np.dtype(np.int8),
+  "ByteStorage": np.dtype(np.uint8),
+  "BoolStorage": np.dtype(np.bool_),
+  "UInt16Storage": np.dtype(np.uint16),
+  "UInt32Storage": np.dtype(np.uint32),
+  "UInt64Storage": np.dtype(np.uint64),
 }
 _DTYPE_STORAGES = {v: k for k, v in STORAGE_DTYPES.items()}
 _REBUILD_TENSOR = ("torch._utils", "_rebuild_tensor_v2")
@@ -124,8 +133,17 @@ class TensorRef:
 
   __slots__ = ("_archive", "storage", "offset", "shape", "stride", "requires_grad", "backward_hooks", "metadata")
 
-  def __init__(self, archive, storage: _Storage, offset: int, shape: tuple, stride: tuple,
-               requires_grad: bool = False, backward_hooks: Any = None, metadata: Any = None):
+  def __init__(
+    self,
+    archive,
+    storage: _Storage,
+    offset: int,
+    shape: tuple,
+    stride: tuple,
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+  ):
     self._archive, self.storage, self.offset, self.shape, self.stride = archive, storage, offset, shape, stride
     self.requires_grad, self.backward_hooks, self.metadata = requires_grad, backward_hooks, metadata
 
@@ -161,8 +179,9 @@ class _Archive:
     if head[:4] != b"PK\x03\x04":
       if head[:1] == b"\x80":
         raise TorchFileError(
-            f"{name}: legacy (pre-1.6, non-zip) torch serialisation is not supported; re-save it with "
-            "torch >= 1.6 (`torch.save(torch.load(f), g)`, in a trusted environment)")
+          f"{name}: legacy (pre-1.6, non-zip) torch serialisation is not supported; re-save it with "
+          "torch >= 1.6 (`torch.save(torch.load(f), g)`, in a trusted environment)"
+        )
       raise TorchFileCorruptError(f"{name}: not a torch.save zip archive")
     try:
       self.zf = zipfile.ZipFile(fileobj)
@@ -196,8 +215,10 @@ class _Archive:
       raw = self.read_member(member)
       dtype = st.dtype.newbyteorder("<" if self.byteorder == "little" else ">")
       if len(raw) < st.numel * dtype.itemsize:
-        raise TorchFileCorruptError(f"{self.name}: storage member {member!r} is truncated "
-                                    f"({len(raw)} bytes, {st.numel} x {dtype.itemsize} expected)")
+        raise TorchFileCorruptError(
+          f"{self.name}: storage member {member!r} is truncated "
+          f"({len(raw)} bytes, {st.numel} x {dtype.itemsize} expected)"
+        )
       arr = np.frombuffer(raw, dtype=dtype, count=st.numel)
       self._cache[st.key] = arr.astype(st.dtype, copy=False)
     return self._cache[st.key]
@@ -217,12 +238,14 @@ class _Archive:
     contiguous = [1]
     for n in reversed(shape[1:]):
       contiguous.insert(0, contiguous[0] * n)
-    if ref.offset == 0 and int(np.prod(shape)) == base.size and (
-        tuple(contiguous) == stride or int(np.prod(shape)) == 1):
+    if (
+      ref.offset == 0 and int(np.prod(shape)) == base.size and (tuple(contiguous) == stride or int(np.prod(shape)) == 1)
+    ):
       return base.reshape(shape)  # the whole storage, C order: a read-only view, no copy
     item = base.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(base[ref.offset:], shape=shape, strides=[s * item for s in stride],
-                                           writeable=False)
+    view = np.lib.stride_tricks.as_strided(
+      base[ref.offset :], shape=shape, strides=[s * item for s in stride], writeable=False
+    )
     return np.array(view, copy=True)
 
 
@@ -244,7 +267,7 @@ def _interpret(archive: _Archive) -> Any:
   def pop_mark():
     for i in range(len(stack) - 1, -1, -1):
       if stack[i] is _MARK:
-        items = stack[i + 1:]
+        items = stack[i + 1 :]
         del stack[i:]
         return items
     raise unsafe("pickle MARK missing")
@@ -268,7 +291,8 @@ def _interpret(archive: _Archive) -> Any:
   def make_global(module: str, gname: str):
     g = _Global(module, gname)
     known = g.key in (_REBUILD_TENSOR, _REBUILD_PARAMETER, _ORDERED_DICT) or (
-        module == "torch" and gname in STORAGE_DTYPES)
+      module == "torch" and gname in STORAGE_DTYPES
+    )
     return g if known else Opaque(repr(g))
 
   def persistent(pid):
@@ -299,8 +323,12 @@ def _interpret(archive: _Archive) -> Any:
       storage, offset, size, stride, requires_grad, hooks = args[:6]
       if not isinstance(storage, _Storage):
         raise unsafe("tensor without a storage")
-      if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
-              and all(isinstance(s, int) for s in size + stride)):
+      if not (
+        isinstance(offset, int)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and all(isinstance(s, int) for s in size + stride)
+      ):
         raise unsafe("malformed tensor geometry")
       if not isinstance(requires_grad, bool):
         raise unsafe("malformed requires_grad")
@@ -335,8 +363,15 @@ def _interpret(archive: _Archive) -> Any:
         stack.append(arg)  # INT may decode to a bool (I01/I00)
       elif name in ("BINFLOAT", "FLOAT"):
         stack.append(float(arg))
-      elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
-                    "STRING"):
+      elif name in (
+        "BINUNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "SHORT_BINSTRING",
+        "BINSTRING",
+        "STRING",
+      ):
         stack.append(str(arg))
       elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
         stack.append(bytes(arg))
@@ -477,8 +512,9 @@ def read_state_dict(data: Union[str, os.PathLike, bytes], key: Optional[str] = "
     elif isinstance(obj.get("model"), dict):
       sd = obj["model"]
     else:
-      raise TorchFileError(f"{where}: neither a state dict nor a dict with a 'state_dict' entry; top-level keys: "
-                           f"{sorted(map(str, obj))}")
+      raise TorchFileError(
+        f"{where}: neither a state dict nor a dict with a 'state_dict' entry; top-level keys: {sorted(map(str, obj))}"
+      )
   elif key is None:
     sd = obj
   else:
@@ -510,7 +546,7 @@ class _Writer:
       self.w(b"K" + bytes([v]))
     elif 0 <= v < 65536:
       self.w(b"M" + struct.pack("<H", v))
-    elif -(2 ** 31) <= v < 2 ** 31:
+    elif -(2**31) <= v < 2**31:
       self.w(b"J" + struct.pack("<i", v))
     else:
       b = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
@@ -608,6 +644,7 @@ def save_pth(obj: Any, path: Union[str, os.PathLike, BinaryIO], archive_name: st
   writer.value(obj)
   writer.w(b".")
   with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+
     def put(member, payload):
       zf.writestr(zipfile.ZipInfo(f"{archive_name}/{member}", date_time=(1980, 1, 1, 0, 0, 0)), payload)
 
@@ -616,6 +653,6 @@ def save_pth(obj: Any, path: Union[str, os.PathLike, BinaryIO], archive_name: st
     for key, arr in writer.storages.values():
       little = np.ascontiguousarray(arr).astype(np.dtype(arr.dtype).newbyteorder("<"), copy=False)
       info = zipfile.ZipInfo(f"{archive_name}/data/{key}", date_time=(1980, 1, 1, 0, 0, 0))
-      with zf.open(info, "w", force_zip64=little.nbytes > 2 ** 31) as f:
+      with zf.open(info, "w", force_zip64=little.nbytes > 2**31) as f:
         f.write(little.reshape(-1).view(np.uint8).data)
     put("version", b"3\n")

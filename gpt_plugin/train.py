@@ -16,8 +16,10 @@ def main(argv):
   gin_flags.maybe_initialize_distributed_from_flags()
   gin_flags.parse_from_flags()
   from gpt_plugin.training import train_lib  # pylint: disable=g-import-not-at-top
+
   with gin_flags.exit_on(train_lib.NonFiniteLossError, train_lib.checkpointing.ShapeMismatchError):
     train_lib.run_from_gin()
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=gin_flags.flags_parser)

@@ -5,6 +5,7 @@ Pre-tokenised ``.npy`` shards and a byte-level BPE ``tokenizer.json`` (8192 toke
 PROVENANCE.md there.  Use it with ``MIXTURE_OR_TASK_NAME = 'pydocs'`` and the
 vocabulary from :func:`pydocs_vocabulary` (gin: ``@tasks.pydocs_vocabulary()``).
 """
+
 import os
 
 import gin
@@ -19,19 +20,19 @@ PYDOCS_VOCAB_SIZE = 8192
 
 @gin.configurable(module="tasks")
 def pydocs_vocabulary() -> vocabularies.HFTokenizerVocabulary:
-    """The sample corpus' tokenizer as a seqio vocabulary (8192 tokens, EOS id 1)."""
-    return vocabularies.HFTokenizerVocabulary(PYDOCS_TOKENIZER, eos_token="<|endoftext|>")
+  """The sample corpus' tokenizer as a seqio vocabulary (8192 tokens, EOS id 1)."""
+  return vocabularies.HFTokenizerVocabulary(PYDOCS_TOKENIZER, eos_token="<|endoftext|>")
 
 
 def register_pydocs(name: str = "pydocs"):
-    return tasks_lib.register_tar_shard_task(
-        name,
-        train_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_train.index"),
-        validation_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_validation.index"),
-        vocabulary=pydocs_vocabulary(),
-        member_format="npy",
-        shuffle_window=256,
-    )
+  return tasks_lib.register_tar_shard_task(
+    name,
+    train_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_train.index"),
+    validation_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_validation.index"),
+    vocabulary=pydocs_vocabulary(),
+    member_format="npy",
+    shuffle_window=256,
+  )
 
 
 register_pydocs()

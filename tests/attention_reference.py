@@ -1,5 +1,6 @@
 """Float64 NumPy reference for ALiBi attention (causal and segment masks, softmax, hand-written gradients) and the
 random inputs the kernel tests share. Written independently of the kernels under test."""
+
 import math
 
 import numpy as np
@@ -7,9 +8,11 @@ import numpy as np
 
 def np_slopes(n):
   """ALiBi slope rule (Press et al.), for any head count."""
+
   def geometric(m):
     r = 2.0 ** (-8.0 / m)
     return [r ** (i + 1) for i in range(m)]
+
   if math.log2(n).is_integer():
     return np.array(geometric(n))
   c = 2 ** int(math.floor(math.log2(n)))
@@ -61,7 +64,7 @@ def make_segments(batch, t, rng, padded_rows=1):
     cuts = np.sort(rng.choice(np.arange(1, t), size=rng.integers(1, 4), replace=False))
     seg[b] = np.searchsorted(cuts, np.arange(t), side="right") + 1
     if b % 2 == padded_rows:
-      seg[b, t - t // 5:] = 0
+      seg[b, t - t // 5 :] = 0
   return seg
 
 

@@ -7,6 +7,7 @@ models), optional `wpe`, `blocks[i]` with `ln1`, `ln2` (sequential only), `attn`
 `presents[i] = (k, v)` of shape [B, H, T_total, D/H], fed back as `past_states` (ALiBi uses the last bias row
 for a cached single query, as in Little-GPT). Imported only by tests that have torch.
 """
+
 import math
 
 import torch
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 def get_slopes(n):
   def pow2(k):
     start = 2 ** (-(2 ** -(math.log2(k) - 3)))
-    return [start * start ** i for i in range(k)]
+    return [start * start**i for i in range(k)]
 
   if math.log2(n).is_integer():
     return pow2(n)
@@ -37,7 +38,6 @@ class StableEmbedding(nn.Embedding):
 
 
 class ALiBi(nn.Module):
-
   def __init__(self, embedding_dim, num_head, num_ctx, dropout=0.0, use_alibi=True):
     super().__init__()
     self.num_head, self.use_alibi = num_head, use_alibi
@@ -48,8 +48,9 @@ class ALiBi(nn.Module):
     self.resid_drop = nn.Dropout(dropout)
     if use_alibi:
       self.register_buffer("slopes", torch.tensor(get_slopes(num_head), dtype=torch.float32))
-    self.register_buffer("mask", torch.tril(torch.ones(num_ctx, num_ctx, dtype=torch.uint8)).view(
-        1, 1, num_ctx, num_ctx))
+    self.register_buffer(
+      "mask", torch.tril(torch.ones(num_ctx, num_ctx, dtype=torch.uint8)).view(1, 1, num_ctx, num_ctx)
+    )
 
   def forward(self, x, use_cache=False, layer_past=None):
     b, t, c = x.size()
@@ -66,9 +67,12 @@ class ALiBi(nn.Module):
       pos = torch.arange(tk, device=x.device)
       rel = (pos[None, :] - pos[:, None]).to(att.dtype)  # j - i: -(i - j)
       bias = self.slopes[:, None, None].to(att.dtype) * rel[None]
-      att = att + bias[:, tk - t:, :].unsqueeze(0)  # the last t rows (one row for a cached query)
-    mask = self.mask[:, :, tk - t:tk, :tk] if tk <= self.mask.size(-1) else \
-        torch.tril(torch.ones(tk, tk, dtype=torch.uint8, device=x.device))[None, None, tk - t:]
+      att = att + bias[:, tk - t :, :].unsqueeze(0)  # the last t rows (one row for a cached query)
+    mask = (
+      self.mask[:, :, tk - t : tk, :tk]
+      if tk <= self.mask.size(-1)
+      else torch.tril(torch.ones(tk, tk, dtype=torch.uint8, device=x.device))[None, None, tk - t :]
+    )
     att = att.masked_fill(mask == 0, float("-inf"))
     att = F.softmax(att, dim=-1)
     y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
@@ -76,7 +80,6 @@ class ALiBi(nn.Module):
 
 
 class MLPBlock(nn.Module):
-
   def __init__(self, dim, dim_ff, dropout=0.0):
     super().__init__()
     self.fc1 = nn.Linear(dim, dim_ff)
@@ -89,7 +92,6 @@ class MLPBlock(nn.Module):
 
 
 class GPT2Block(nn.Module):
-
   def __init__(self, embedding_dim, num_head, num_ctx, fused_residuals=True, use_alibi=True):
     super().__init__()
     self.fused_residuals = fused_residuals
@@ -110,18 +112,28 @@ class GPT2Block(nn.Module):
 
 
 class GPT2(nn.Module):
-
-  def __init__(self, num_ctx, embedding_dim, N, vocab_size, num_head=8, fused_residuals=True, use_alibi=True,
-               use_stable_embedding=False):
+  def __init__(
+    self,
+    num_ctx,
+    embedding_dim,
+    N,
+    vocab_size,
+    num_head=8,
+    fused_residuals=True,
+    use_alibi=True,
+    use_stable_embedding=False,
+  ):
     super().__init__()
     self.num_ctx, self.N, self.use_alibi = num_ctx, N, use_alibi
-    self.wte = StableEmbedding(vocab_size, embedding_dim) if use_stable_embedding else \
-        nn.Embedding(vocab_size, embedding_dim)
+    self.wte = (
+      StableEmbedding(vocab_size, embedding_dim) if use_stable_embedding else nn.Embedding(vocab_size, embedding_dim)
+    )
     if not use_alibi:
       self.wpe = nn.Embedding(num_ctx, embedding_dim)
     self.dropout = nn.Dropout(0.0)
-    self.blocks = nn.ModuleList([GPT2Block(embedding_dim, num_head, num_ctx, fused_residuals, use_alibi)
-                                 for _ in range(N)])
+    self.blocks = nn.ModuleList(
+      [GPT2Block(embedding_dim, num_head, num_ctx, fused_residuals, use_alibi) for _ in range(N)]
+    )
     self.norm = nn.LayerNorm(embedding_dim)
     self.lm_head = nn.Linear(embedding_dim, vocab_size, bias=False)
     self.lm_head.weight = self.wte.weight

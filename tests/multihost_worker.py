@@ -5,6 +5,7 @@ Runs with 4 simulated CPU devices, joined to the others by jax.distributed.initi
 trains the tiny real model on the tar shards (registered as task TASK_NAME); `get_dataset` gives process p
 the shards p, p + NUM_PROCESSES, ...
 """
+
 import json
 import os
 import sys
@@ -18,19 +19,35 @@ def main():
   pid, nproc, port, model_dir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
   task, shards = sys.argv[6], sys.argv[7:]
   from gpt_plugin import partitioning
-  partitioning.maybe_initialize_distributed(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
-                                            process_id=pid, cpu_collectives="gloo", initialization_timeout=120)
+
+  partitioning.maybe_initialize_distributed(
+    coordinator_address=f"127.0.0.1:{port}",
+    num_processes=nproc,
+    process_id=pid,
+    cpu_collectives="gloo",
+    initialization_timeout=120,
+  )
   import jax
   from gpt_plugin.training import train_lib
   from train_helpers import losses, register_shard_task, run_train
+
   assert jax.process_count() == nproc and jax.device_count() == 4 * nproc, (jax.process_count(), jax.devices())
   register_shard_task(task, shards)
-  res = run_train(model_dir, steps=5, mesh_shape=(2, 4, 1), num_devices=jax.device_count(),
-                  param_rules=[("embed", "fsdp"), ("mlp", "fsdp")], checkpoint_period=3, task=task,
-                  dataset_fn=train_lib.default_dataset_fn)
+  res = run_train(
+    model_dir,
+    steps=5,
+    mesh_shape=(2, 4, 1),
+    num_devices=jax.device_count(),
+    param_rules=[("embed", "fsdp"), ("mlp", "fsdp")],
+    checkpoint_period=3,
+    task=task,
+    dataset_fn=train_lib.default_dataset_fn,
+  )
   with open(out, "w") as f:
-    json.dump({"losses": losses(res).tolist(), "process_index": jax.process_index(),
-               "local_devices": jax.local_device_count()}, f)
+    json.dump(
+      {"losses": losses(res).tolist(), "process_index": jax.process_index(), "local_devices": jax.local_device_count()},
+      f,
+    )
   jax.distributed.shutdown()
 
 

@@ -1,4 +1,5 @@
 """attention_impl choices give the same model; the fused kernel runs per shard under a mesh (shard_map)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,8 +10,9 @@ from gpt_plugin.network import GPTConfig, GPTDecoder
 
 
 def _model(impl):
-  return GPTDecoder(GPTConfig(vocab_size=64, emb_dim=32, num_heads=4, num_layers=1, attention_impl=impl,
-                              attention_dropout_rate=0.0))
+  return GPTDecoder(
+    GPTConfig(vocab_size=64, emb_dim=32, num_heads=4, num_layers=1, attention_impl=impl, attention_dropout_rate=0.0)
+  )
 
 
 def _setup():
@@ -43,8 +45,13 @@ def test_flash_alibi_runs_per_shard_under_a_tensor_parallel_mesh():
   module = _model("flash_alibi")
   want = _logits_and_grads(module, params, tokens, segments)
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 1, 4), ("data", "fsdp", "tensor"))
-  rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("joined_kv", "tensor"), ("mlp", "tensor"),
-           ("vocab", "tensor"))
+  rules = (
+    ("batch", ("data", "fsdp")),
+    ("heads", "tensor"),
+    ("joined_kv", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+  )
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     got = _logits_and_grads(module, params, tokens, segments)
   assert got[0].sharding.spec[0] == "data"

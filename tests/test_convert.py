@@ -1,5 +1,6 @@
 """Converters without torch: Little-GPT presets, mapping errors, the torch-free .pth writer/reader, depth
 expansion, checkpoint averaging and the CLI (tests against a PyTorch reference are in test_convert_torch.py)."""
+
 import collections
 import dataclasses
 import pathlib
@@ -16,15 +17,24 @@ from gpt_plugin.convert import averaging, depth_expansion, littlegpt, params_io
 from gpt_plugin.network import GPTConfig, GPTDecoder
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
-TINY = GPTConfig(vocab_size=256, emb_dim=32, num_heads=8, num_layers=3, block_type="parallel",
-                 position_embedding="alibi", gelu_approximate=False, layer_norm_epsilon=1e-5)
+TINY = GPTConfig(
+  vocab_size=256,
+  emb_dim=32,
+  num_heads=8,
+  num_layers=3,
+  block_type="parallel",
+  position_embedding="alibi",
+  gelu_approximate=False,
+  layer_norm_epsilon=1e-5,
+)
 
 
 def load_config(preset):
   gin.clear_config()
   gin.add_config_file_search_path(str(GIN_DIR))
-  gin.parse_config_files_and_bindings([str(GIN_DIR / "models" / f"{preset}.gin")], [],
-                                      finalize_config=False)  # a locked config breaks later gin imports
+  gin.parse_config_files_and_bindings(
+    [str(GIN_DIR / "models" / f"{preset}.gin")], [], finalize_config=False
+  )  # a locked config breaks later gin imports
   return gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
 
 
@@ -36,14 +46,24 @@ def random_params(cfg, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ presets
-@pytest.mark.parametrize("preset,millions,d,layers,embedding_norm", [
-    ("littlegpt_127m", 127.08, 1024, 6, False), ("littlegpt_303m", 303.90, 1536, 8, False),
-    ("littlegpt_1b", 1009.41, 2048, 18, True)])
+@pytest.mark.parametrize(
+  "preset,millions,d,layers,embedding_norm",
+  [
+    ("littlegpt_127m", 127.08, 1024, 6, False),
+    ("littlegpt_303m", 303.90, 1536, 8, False),
+    ("littlegpt_1b", 1009.41, 2048, 18, True),
+  ],
+)
 def test_littlegpt_presets(preset, millions, d, layers, embedding_norm):
   cfg = load_config(preset)
   assert (cfg.emb_dim, cfg.num_layers, cfg.num_heads, cfg.vocab_size) == (d, layers, 8, 50304)
-  assert (cfg.block_type, cfg.position_embedding, cfg.gelu_approximate, cfg.layer_norm_epsilon,
-          cfg.embedding_layer_norm) == ("parallel", "alibi", False, 1e-5, embedding_norm)
+  assert (
+    cfg.block_type,
+    cfg.position_embedding,
+    cfg.gelu_approximate,
+    cfg.layer_norm_epsilon,
+    cfg.embedding_layer_norm,
+  ) == ("parallel", "alibi", False, 1e-5, embedding_norm)
   assert cfg.num_params() / 1e6 == pytest.approx(millions, abs=0.01)
   shapes = littlegpt.abstract_params(cfg)
   assert sum(x.size for x in jax.tree.leaves(shapes)) == cfg.num_params()
@@ -91,9 +111,15 @@ def test_mismatched_state_dict_lists_every_problem():
   with pytest.raises(littlegpt.ConversionError) as e:
     littlegpt.from_torch(sd, TINY)
   msg = str(e.value)
-  for needle in ("6 problems", "wrong dtype: blocks.2.attn.key.weight is int8", "missing: blocks.1.mlp.fc1.bias", "missing: norm.weight",
-                 "unexpected: blocks.0.adapter.fc.weight", "unexpected: blocks.3.ln1.weight",
-                 "wrong shape: blocks.2.attn.query.weight: (32, 16), expected (32, 32)"):
+  for needle in (
+    "6 problems",
+    "wrong dtype: blocks.2.attn.key.weight is int8",
+    "missing: blocks.1.mlp.fc1.bias",
+    "missing: norm.weight",
+    "unexpected: blocks.0.adapter.fc.weight",
+    "unexpected: blocks.3.ln1.weight",
+    "wrong shape: blocks.2.attn.query.weight: (32, 16), expected (32, 32)",
+  ):
     assert needle in msg, (needle, msg)
 
 
@@ -137,7 +163,9 @@ def test_wrappers_and_frozen_stable_embedding_names_are_accepted():
 # ------------------------------------------------------------------------------------------------ .pth files
 def test_pth_writer_and_reader_round_trip(tmp_path):
   sd = littlegpt.to_torch(random_params(TINY), TINY, vocab_size=250, num_ctx=16)
-  torch_archive.save_pth({"state_dict": sd, "step": 3, "best_val": 2.5, "run_id": "x", "scaler": None}, tmp_path / "a.pth")
+  torch_archive.save_pth(
+    {"state_dict": sd, "step": 3, "best_val": 2.5, "run_id": "x", "scaler": None}, tmp_path / "a.pth"
+  )
   obj = torch_archive.load_pth(tmp_path / "a.pth")
   assert obj["step"] == 3 and obj["best_val"] == 2.5 and obj["scaler"] is None
   assert obj["state_dict"]["wte.weight"].storage is obj["state_dict"]["lm_head.weight"].storage  # still tied
@@ -153,8 +181,26 @@ def test_pth_writer_and_reader_round_trip(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ depth
 def test_depth_map_reproduces_the_original_18_to_24_table():
-  table = {0: [0, 1], 1: [2], 2: [3], 3: [4, 5], 4: [6], 5: [7], 6: [8, 9], 7: [10], 8: [11], 9: [12, 13],
-           10: [14], 11: [15], 12: [16, 17], 13: [18], 14: [19], 15: [20, 21], 16: [22], 17: [23]}
+  table = {
+    0: [0, 1],
+    1: [2],
+    2: [3],
+    3: [4, 5],
+    4: [6],
+    5: [7],
+    6: [8, 9],
+    7: [10],
+    8: [11],
+    9: [12, 13],
+    10: [14],
+    11: [15],
+    12: [16, 17],
+    13: [18],
+    14: [19],
+    15: [20, 21],
+    16: [22],
+    17: [23],
+  }
   assert depth_expansion.inverse_map(18, 24) == table
   assert depth_expansion.depth_map(18, 24) == [int(np.floor(i / 24 * 18)) for i in range(24)]
   assert depth_expansion.depth_map(6, 12) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
@@ -186,13 +232,17 @@ def test_expand_depth(scan_in, scan_out):
 # ------------------------------------------------------------------------------------------------ averaging
 def _model_dir(path, steps):
   from gpt_plugin.training import checkpointing  # pylint: disable=import-outside-toplevel
+
   ckpt = checkpointing.Checkpointer(str(path), keep=None, async_save=False)
   trees = {}
   for s in steps:
     params = random_params(TINY, seed=s)
     trees[s] = params
-    state = {"step": jnp.asarray(s), "params": jax.tree.map(jnp.asarray, params),
-             "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)}}
+    state = {
+      "step": jnp.asarray(s),
+      "params": jax.tree.map(jnp.asarray, params),
+      "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)},
+    }
     ckpt.save(s, state, {}, {"params": {}})
   ckpt.close()
   return trees
@@ -203,9 +253,11 @@ def test_average_last_k_checkpoints(tmp_path):
   params, steps = averaging.average_checkpoints(str(tmp_path / "run"), last=3)
   assert steps == [200, 300, 400]
   expected = averaging.average_trees([trees[s] for s in steps])
-  for a, b, c in zip(jax.tree.leaves(params), jax.tree.leaves(expected),
-                     jax.tree.leaves(jax.tree.map(lambda *x: sum(np.float64(y) for y in x) / 3,
-                                                  *[trees[s] for s in steps]))):
+  for a, b, c in zip(
+    jax.tree.leaves(params),
+    jax.tree.leaves(expected),
+    jax.tree.leaves(jax.tree.map(lambda *x: sum(np.float64(y) for y in x) / 3, *[trees[s] for s in steps])),
+  ):
     assert a.dtype == np.float32 and np.array_equal(a, b) and np.allclose(a, c, atol=1e-7)
   with pytest.raises(ValueError, match="cannot average the last 9"):
     averaging.average_checkpoints(str(tmp_path / "run"), last=9)
@@ -225,10 +277,15 @@ def test_average_last_k_checkpoints(tmp_path):
   assert expanded["layers"]["input_norm"]["scale"].shape == (4, 32)
   assert params_io.read_info(str(deep))["depth_expansion"]["old_to_new"] == {"0": [0, 1], "1": [2], "2": [3]}
   pth = tmp_path / "deep.pth.tar"
-  cfg_flags = ["--gin_file=models/littlegpt_127m.gin", "--gin.VOCAB_SIZE=256", "--gin.network.GPTConfig.emb_dim=32",
-               "--gin.network.GPTConfig.num_layers=4"]
-  assert cli.main(["to-torch", f"--input={deep}", f"--output={pth}", "--vocab_size=250", "--num_ctx=8"]
-                  + cfg_flags) == 0
+  cfg_flags = [
+    "--gin_file=models/littlegpt_127m.gin",
+    "--gin.VOCAB_SIZE=256",
+    "--gin.network.GPTConfig.emb_dim=32",
+    "--gin.network.GPTConfig.num_layers=4",
+  ]
+  assert (
+    cli.main(["to-torch", f"--input={deep}", f"--output={pth}", "--vocab_size=250", "--num_ctx=8"] + cfg_flags) == 0
+  )
   sd = torch_archive.read_state_dict(pth)
   assert sd["wte.weight"].shape == (250, 32) and "blocks.3.mlp.fc1.weight" in sd
   assert np.array_equal(sd["blocks.1.mlp.fc1.weight"], expanded["layers"]["mlp"]["wi"]["kernel"][0].T)
@@ -240,7 +297,13 @@ def test_cli_reports_mismatches_with_status_2(tmp_path, capsys):
   sd = littlegpt.to_torch(random_params(TINY), TINY, vocab_size=250, num_ctx=16)
   sd = collections.OrderedDict((k, v) for k, v in sd.items() if k != "blocks.0.ln1.bias")
   torch_archive.save_pth(sd, tmp_path / "broken.pth.tar")
-  status = cli.main(["from-torch", f"--input={tmp_path / 'broken.pth.tar'}", f"--output={tmp_path / 'o'}",
-                     "--gin_file=models/littlegpt_127m.gin"])
+  status = cli.main(
+    [
+      "from-torch",
+      f"--input={tmp_path / 'broken.pth.tar'}",
+      f"--output={tmp_path / 'o'}",
+      "--gin_file=models/littlegpt_127m.gin",
+    ]
+  )
   err = capsys.readouterr().err
   assert status == 2 and "missing: blocks.0.ln1.bias" in err and "wrong shape: wte.weight" in err

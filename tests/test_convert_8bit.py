@@ -5,6 +5,7 @@ Torch-free tests use a hand-written blockwise quantizer and dynamic code table (
 the PyTorch reference needs torch; the exactness test against bitsandbytes' own `dequantize_blockwise` needs
 bitsandbytes (a CPU build works); each is skipped with a reason without them.
 """
+
 import json
 import os
 import sys
@@ -19,8 +20,17 @@ from gpt_plugin.network import GPTConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-CFG = GPTConfig(vocab_size=256, emb_dim=64, num_heads=8, num_layers=2, block_type="parallel",
-                position_embedding="alibi", gelu_approximate=False, layer_norm_epsilon=1e-5, dtype="float32")
+CFG = GPTConfig(
+  vocab_size=256,
+  emb_dim=64,
+  num_heads=8,
+  num_layers=2,
+  block_type="parallel",
+  position_embedding="alibi",
+  gelu_approximate=False,
+  layer_norm_epsilon=1e-5,
+  dtype="float32",
+)
 
 
 def dynamic_code(max_exponent_bits=7):
@@ -28,7 +38,7 @@ def dynamic_code(max_exponent_bits=7):
   from 1e-6 to 1) in unary, the remaining bits a linear fraction in [0.1, 1]; plus 0 and 1. 256 sorted values."""
   values = []
   for i in range(max_exponent_bits):
-    items = 2 ** i + 1  # 7 non-sign bits: exponent i leaves i fraction bits
+    items = 2**i + 1  # 7 non-sign bits: exponent i leaves i fraction bits
     edges = np.linspace(0.1, 1.0, items)
     mids = (edges[:-1] + edges[1:]) / 2
     scale = 10.0 ** (-(max_exponent_bits - 1) + i)
@@ -44,18 +54,18 @@ def quantize_blockwise(x, code, blocksize=4096, chunk=None):
   flat = np.asarray(x, np.float32).reshape(-1)
   if chunk:
     assert chunk % blocksize == 0
-    parts = [quantize_blockwise(flat[i:i + chunk], code, blocksize) for i in range(0, flat.size, chunk)]
+    parts = [quantize_blockwise(flat[i : i + chunk], code, blocksize) for i in range(0, flat.size, chunk)]
     return (np.concatenate([p[0] for p in parts]).reshape(np.shape(x)), np.concatenate([p[1] for p in parts]))
   nb = -(-flat.size // blocksize)
   padded = np.zeros(nb * blocksize, np.float32)
-  padded[:flat.size] = flat
+  padded[: flat.size] = flat
   absmax = np.abs(padded.reshape(nb, blocksize)).max(axis=1).astype(np.float32)
   scaled = padded.reshape(nb, blocksize) / np.where(absmax == 0, 1, absmax)[:, None]
   order = np.argsort(code)
   pos = np.clip(np.searchsorted(code[order], scaled), 1, 255)
   lo, hi = code[order][pos - 1], code[order][pos]
   idx = np.where(np.abs(scaled - lo) <= np.abs(hi - scaled), order[pos - 1], order[pos])
-  return idx.reshape(-1)[:flat.size].astype(np.uint8).reshape(np.shape(x)), absmax
+  return idx.reshape(-1)[: flat.size].astype(np.uint8).reshape(np.shape(x)), absmax
 
 
 LINEARS = ("attn.query", "attn.key", "attn.value", "attn.fc_resid", "mlp.fc1", "mlp.fc_resid")
@@ -66,15 +76,16 @@ def quantize_state_dict(sd, code, lm_head=False):
   blocksizes / layouts on purpose: 4096, 2048, 256 and chunked 4096 (absmax concatenated), one int8 copy."""
   out, bounds = dict(sd), {}
   gap = np.max(np.diff(np.sort(code))) / 2
-  names = [k for k in sd if k.startswith("blocks.") and k.endswith(".weight") and
-           any(f".{n}." in k for n in LINEARS)] + (["lm_head.weight"] if lm_head else [])
+  names = [
+    k for k in sd if k.startswith("blocks.") and k.endswith(".weight") and any(f".{n}." in k for n in LINEARS)
+  ] + (["lm_head.weight"] if lm_head else [])
   for i, k in enumerate(sorted(names)):
     bs, chunk = [(4096, None), (2048, None), (256, None), (4096, 8192)][i % 4]
     q, absmax = quantize_blockwise(sd[k], code, bs, chunk)
-    stem = k[:-len(".weight")]
+    stem = k[: -len(".weight")]
     out[k] = q.view(np.int8) if i == 1 else q
     out[f"{stem}.absmax"], out[f"{stem}.code"] = absmax, code.copy()
-    bounds[k] = np.repeat(absmax, bs)[:q.size].reshape(q.shape) * gap * 1.001 + 1e-7
+    bounds[k] = np.repeat(absmax, bs)[: q.size].reshape(q.shape) * gap * 1.001 + 1e-7
   return out, bounds
 
 
@@ -106,7 +117,7 @@ def test_dequantize_matches_the_hand_written_quantizer():
     q, absmax = quantize_blockwise(x, code, bs, chunk)
     deq = littlegpt.dequantize_blockwise(q, absmax, code)  # blocksize inferred
     assert deq.shape == x.shape and deq.dtype == np.float32
-    expected = code[q.reshape(-1)] * np.repeat(absmax, bs)[:x.size]
+    expected = code[q.reshape(-1)] * np.repeat(absmax, bs)[: x.size]
     assert np.array_equal(deq.reshape(-1), expected)
     assert np.array_equal(littlegpt.dequantize_blockwise(q.view(np.int8), absmax, code), deq)
     assert np.abs(deq - x).max() < 0.02 * np.abs(x).max()
@@ -131,10 +142,12 @@ def test_8bit_state_dict_converts_within_the_quantization_error():
     got, want = ours[f"layers_{i}"], ref[f"layers_{i}"]
     for j, n in enumerate(("query", "key", "value")):
       k = f"blocks.{i}.attn.{n}.weight"
-      assert np.all(np.abs(got["attention"]["qkv"]["kernel"][:, j] - want["attention"]["qkv"]["kernel"][:, j])
-                    <= bounds[k].T)
-    assert np.all(np.abs(got["mlp"]["wi"]["kernel"] - want["mlp"]["wi"]["kernel"])
-                  <= bounds[f"blocks.{i}.mlp.fc1.weight"].T)
+      assert np.all(
+        np.abs(got["attention"]["qkv"]["kernel"][:, j] - want["attention"]["qkv"]["kernel"][:, j]) <= bounds[k].T
+      )
+    assert np.all(
+      np.abs(got["mlp"]["wi"]["kernel"] - want["mlp"]["wi"]["kernel"]) <= bounds[f"blocks.{i}.mlp.fc1.weight"].T
+    )
     assert np.array_equal(got["mlp"]["wi"]["kernel"], dq[f"blocks.{i}.mlp.fc1.weight"].T)
     assert np.array_equal(got["input_norm"]["scale"], want["input_norm"]["scale"])
   # an 8-bit head that is NOT the embedding is still refused
@@ -154,10 +167,14 @@ def test_bad_8bit_entries_are_named():
   with pytest.raises(littlegpt.ConversionError) as e:
     littlegpt.dequantize_8bit(qsd)
   msg = str(e.value)
-  for needle in ("blocks.0.mlp.fc1.weight: 16384 values (256, 64) with 7 absmax entries fit no blockwise blocksize",
-                 "incomplete 8-bit param: blocks.1.attn.key has blocks.1.attn.key.weight, blocks.1.attn.key.absmax "
-                 "but no blocks.1.attn.key.code", "blocks.1.mlp.fc_resid: code has 16 entries",
-                 "blocks.0.attn.query.weight: 4096 values (64, 64) with 15 absmax entries", "4 problems"):
+  for needle in (
+    "blocks.0.mlp.fc1.weight: 16384 values (256, 64) with 7 absmax entries fit no blockwise blocksize",
+    "incomplete 8-bit param: blocks.1.attn.key has blocks.1.attn.key.weight, blocks.1.attn.key.absmax "
+    "but no blocks.1.attn.key.code",
+    "blocks.1.mlp.fc_resid: code has 16 entries",
+    "blocks.0.attn.query.weight: 4096 values (64, 64) with 15 absmax entries",
+    "4 problems",
+  ):
     assert needle in msg, (needle, msg)
   assert "blocks.0.attn.value" not in msg and "blocks.1.mlp.fc1" not in msg
 
@@ -187,6 +204,7 @@ def test_logits_match_the_reference_with_dequantized_weights():
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from littlegpt_reference import GPT2  # pylint: disable=import-outside-toplevel
   from gpt_plugin.network import GPTDecoder  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
   model = GPT2(num_ctx=64, embedding_dim=64, N=2, vocab_size=250, num_head=8, use_stable_embedding=True).eval()
   with torch.no_grad():
@@ -219,8 +237,14 @@ def test_dequantization_equals_bitsandbytes():
   # our test table is bitsandbytes' dynamic code (up to float32 rounding of its linspace)
   np.testing.assert_allclose(dynamic_code(), code.numpy(), rtol=0, atol=1e-7)
   g = torch.Generator().manual_seed(0)
-  for shape, bs in (((256, 64), 4096), ((64, 64), 4096), ((3, 3000), 4096), ((3, 3000), 2048), ((250, 64), 256),
-                    ((10, 100), 64)):
+  for shape, bs in (
+    ((256, 64), 4096),
+    ((64, 64), 4096),
+    ((3, 3000), 4096),
+    ((3, 3000), 2048),
+    ((250, 64), 256),
+    ((10, 100), 64),
+  ):
     w = torch.randn(*shape, generator=g) * 0.05
     q, state = bnbf.quantize_blockwise(w, blocksize=bs)
     expected = bnbf.dequantize_blockwise(q, state).numpy()
@@ -233,6 +257,7 @@ def test_dequantization_equals_bitsandbytes():
   q = torch.cat([p[0] for p in parts]).reshape(w.shape)
   absmax = torch.cat([p[1].absmax for p in parts])
   expected = torch.cat([bnbf.dequantize_blockwise(*p) for p in parts]).reshape(w.shape).numpy()
-  sd, report = littlegpt.dequantize_8bit({"x.weight": q.numpy(), "x.absmax": absmax.numpy(),
-                                          "x.code": parts[0][1].code.numpy()})
+  sd, report = littlegpt.dequantize_8bit(
+    {"x.weight": q.numpy(), "x.absmax": absmax.numpy(), "x.code": parts[0][1].code.numpy()}
+  )
   assert report["params"] == {"x.weight": 4096} and np.array_equal(sd["x.weight"], expected)

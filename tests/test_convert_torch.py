@@ -4,6 +4,7 @@ Needs torch (the `torch` test extra); skipped with a reason without it. Tiny Lit
 parallel blocks, ALiBi, exact GELU, eps 1e-5 (plus the 1B* embedding LayerNorm and a sequential / learned-
 position variant), random non-trivial LayerNorm parameters and biases.
 """
+
 import collections
 import dataclasses
 import os
@@ -28,11 +29,11 @@ from gpt_plugin.convert import littlegpt, params_io  # noqa: E402
 from gpt_plugin.network import GPTDecoder  # noqa: E402
 
 CASES = {
-    # name: (torch vocab, our vocab, d, layers, kwargs of the reference)
-    "parallel_alibi": (250, 256, 64, 3, {}),
-    "parallel_alibi_stable_embedding": (250, 256, 64, 2, {"use_stable_embedding": True}),
-    "gpt2_vocab": (50257, 50304, 32, 1, {}),
-    "sequential_learned": (250, 256, 64, 2, {"fused_residuals": False, "use_alibi": False}),
+  # name: (torch vocab, our vocab, d, layers, kwargs of the reference)
+  "parallel_alibi": (250, 256, 64, 3, {}),
+  "parallel_alibi_stable_embedding": (250, 256, 64, 2, {"use_stable_embedding": True}),
+  "gpt2_vocab": (50257, 50304, 32, 1, {}),
+  "sequential_learned": (250, 256, 64, 2, {"fused_residuals": False, "use_alibi": False}),
 }
 NUM_CTX = 64
 MEASURED = {}
@@ -91,17 +92,28 @@ def test_cached_decoding_matches_the_reference(case):
   batch, prompt, steps, max_len = 2, 5, 6, 16
   x = tokens(case, batch, prompt + steps, seed=3)
   # ours: empty cache -> prefill with the prompt -> one token at a time
-  _, variables = module.apply({"params": params}, jnp.ones((batch, max_len), jnp.int32), decode=True,
-                              enable_dropout=False, mutable=["cache"])
+  _, variables = module.apply(
+    {"params": params}, jnp.ones((batch, max_len), jnp.int32), decode=True, enable_dropout=False, mutable=["cache"]
+  )
   prompt_ids = jnp.asarray(x[:, :prompt])
-  logits, variables = module.apply({"params": params, "cache": variables["cache"]}, prompt_ids, prefill=True,
-                                   prefill_lengths=jnp.full((batch,), prompt, jnp.int32), enable_dropout=False,
-                                   mutable=["cache"])
+  logits, variables = module.apply(
+    {"params": params, "cache": variables["cache"]},
+    prompt_ids,
+    prefill=True,
+    prefill_lengths=jnp.full((batch,), prompt, jnp.int32),
+    enable_dropout=False,
+    mutable=["cache"],
+  )
   ours = [np.asarray(logits)[:, -1]]
   cache = variables["cache"]
   for t in range(prompt, prompt + steps - 1):
-    step_logits, variables = module.apply({"params": params, "cache": cache}, jnp.asarray(x[:, t:t + 1]),
-                                          decode=True, enable_dropout=False, mutable=["cache"])
+    step_logits, variables = module.apply(
+      {"params": params, "cache": cache},
+      jnp.asarray(x[:, t : t + 1]),
+      decode=True,
+      enable_dropout=False,
+      mutable=["cache"],
+    )
     cache = variables["cache"]
     ours.append(np.asarray(step_logits)[:, 0])
   # reference: Little-GPT's use_cache / past_states
@@ -110,12 +122,12 @@ def test_cached_decoding_matches_the_reference(case):
     out, past = model(torch.tensor(x[:, :prompt]), use_cache=True)
     theirs.append(out[:, -1].numpy())
     for t in range(prompt, prompt + steps - 1):
-      out, past = model(torch.tensor(x[:, t:t + 1]), use_cache=True, past_states=past)
+      out, past = model(torch.tensor(x[:, t : t + 1]), use_cache=True, past_states=past)
       theirs.append(out[:, -1].numpy())
-    full = model(torch.tensor(x[:, :prompt + steps - 1])).numpy()
+    full = model(torch.tensor(x[:, : prompt + steps - 1])).numpy()
   vocab = CASES[case][0]
   ours, theirs = np.stack(ours, 1)[..., :vocab], np.stack(theirs, 1)
-  np.testing.assert_allclose(theirs, full[:, prompt - 1:], atol=1e-4)  # the reference's own cache is right
+  np.testing.assert_allclose(theirs, full[:, prompt - 1 :], atol=1e-4)  # the reference's own cache is right
   diff = np.abs(ours - theirs).max()
   MEASURED[f"decode {case}"] = diff
   assert diff < 1e-4 * max(1.0, np.abs(theirs).max()), diff
@@ -150,20 +162,38 @@ def test_cli_round_trip_through_complete_state_file(tmp_path):
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
   model(torch.tensor(tokens(case))).sum().backward()
   opt.step()
-  complete = {"epoch": 0, "step": 10, "run_id": "abc", "validation_loss": 3.2, "best_val": 3.1,
-              "optimizer": opt.state_dict(), "state_dict": model.state_dict(),
-              "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 3}}
+  complete = {
+    "epoch": 0,
+    "step": 10,
+    "run_id": "abc",
+    "validation_loss": 3.2,
+    "best_val": 3.1,
+    "optimizer": opt.state_dict(),
+    "state_dict": model.state_dict(),
+    "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 3},
+  }
   src = tmp_path / "127_complete_state.pth.tar"
   torch.save(complete, src)
   out = tmp_path / "converted"
-  assert cli.main(["from-torch", f"--input={src}", f"--output={out}", "--gin.VOCAB_SIZE=256",
-                   "--gin_file=models/littlegpt_127m.gin", "--gin.network.GPTConfig.emb_dim=64",
-                   "--gin.network.GPTConfig.num_layers=2", "--gin.network.GPTConfig.embedding_layer_norm=True"]) == 0
+  assert (
+    cli.main(
+      [
+        "from-torch",
+        f"--input={src}",
+        f"--output={out}",
+        "--gin.VOCAB_SIZE=256",
+        "--gin_file=models/littlegpt_127m.gin",
+        "--gin.network.GPTConfig.emb_dim=64",
+        "--gin.network.GPTConfig.num_layers=2",
+        "--gin.network.GPTConfig.embedding_layer_norm=True",
+      ]
+    )
+    == 0
+  )
   params, _ = params_io.load_params(str(out))
   assert params["token_embedder"]["embedding"].shape == (256, 64)
   back = tmp_path / "back.pth.tar"
-  assert cli.main(["to-torch", f"--input={out}", f"--output={back}", f"--num_ctx={NUM_CTX}",
-                   "--wrap_state_dict"]) == 0
+  assert cli.main(["to-torch", f"--input={out}", f"--output={back}", f"--num_ctx={NUM_CTX}", "--wrap_state_dict"]) == 0
   loaded = torch.load(back, weights_only=True)["state_dict"]
   for k, v in model.state_dict().items():
     assert torch.equal(loaded[k], v), k
@@ -202,8 +232,17 @@ def test_pickle_code_in_a_checkpoint_is_never_run(tmp_path):
 
 def test_reader_dtypes_and_strides(tmp_path):
   w = torch.randn(6, 4)
-  torch.save({"t": w.t(), "bf16": w.to(torch.bfloat16), "half": w[:, 1:3].half(), "long": torch.arange(7),
-              "scalar": torch.tensor(2.5), "bool": w > 0}, tmp_path / "x.pth")
+  torch.save(
+    {
+      "t": w.t(),
+      "bf16": w.to(torch.bfloat16),
+      "half": w[:, 1:3].half(),
+      "long": torch.arange(7),
+      "scalar": torch.tensor(2.5),
+      "bool": w > 0,
+    },
+    tmp_path / "x.pth",
+  )
   r = torch_archive.read_state_dict(tmp_path / "x.pth")
   assert np.array_equal(r["t"], w.t().numpy())
   assert np.array_equal(r["bf16"].astype(np.float32), w.to(torch.bfloat16).float().numpy())

@@ -1,4 +1,5 @@
 """KV-cached decoding (gpt_plugin/decoding.py, gpt_plugin/generate.py) against full-forward recomputation."""
+
 import itertools
 
 import flax
@@ -13,9 +14,10 @@ from gpt_plugin.network import GPTConfig, GPTDecoder
 VOCAB = 61
 NO_EOS = -1  # an id that never occurs, so decoding runs to the length limit
 FEATURES = [
-    dict(position_embedding=pos, block_type=block, use_static_sgu=use_sgu, head_qk_trick=head_qk)
-    for pos, block, use_sgu, head_qk in itertools.product(
-        ("alibi", "learned"), ("parallel", "sequential"), (False, True), (False, True))
+  dict(position_embedding=pos, block_type=block, use_static_sgu=use_sgu, head_qk_trick=head_qk)
+  for pos, block, use_sgu, head_qk in itertools.product(
+    ("alibi", "learned"), ("parallel", "sequential"), (False, True), (False, True)
+  )
 ]
 
 
@@ -25,8 +27,15 @@ def feature_id(kw):
 
 
 def tiny(seed=0, seq=8, **overrides):
-  base = dict(vocab_size=VOCAB, emb_dim=32, num_heads=4, num_layers=2, sgu_kernel_size=4, head_qk_dim=8,
-              max_position_embeddings=64)
+  base = dict(
+    vocab_size=VOCAB,
+    emb_dim=32,
+    num_heads=4,
+    num_layers=2,
+    sgu_kernel_size=4,
+    head_qk_dim=8,
+    max_position_embeddings=64,
+  )
   base.update(overrides)
   cfg = GPTConfig(**base)
   module = GPTDecoder(cfg)
@@ -48,7 +57,7 @@ def greedy_by_recompute(model, params, prompts, max_length):
     seq, lp = list(prompt), 0.0
     while len(seq) < max_length:
       buf = np.zeros((1, max_length), np.int32)
-      buf[0, 1:len(seq) + 1] = seq[:max_length - 1]
+      buf[0, 1 : len(seq) + 1] = seq[: max_length - 1]
       logits = np.asarray(fwd(params, jnp.asarray(buf)))[0, len(seq)]
       tok = int(np.argmax(logits))
       lp += float(jax.nn.log_softmax(logits)[tok])
@@ -61,8 +70,11 @@ def greedy_by_recompute(model, params, prompts, max_length):
 PROMPTS = [[5, 7, 9], [3, 4, 5, 6, 7, 8, 9, 10, 11]]
 
 
-@pytest.mark.parametrize("features", FEATURES + [dict(FEATURES[0], scan_layers=True)],
-                         ids=[feature_id(f) for f in FEATURES + [dict(FEATURES[0], scan_layers=True)]])
+@pytest.mark.parametrize(
+  "features",
+  FEATURES + [dict(FEATURES[0], scan_layers=True)],
+  ids=[feature_id(f) for f in FEATURES + [dict(FEATURES[0], scan_layers=True)]],
+)
 def test_cached_greedy_equals_recomputed_greedy_beyond_training_length(features):
   """Every feature combination; the model was set up at length 8 and decodes to 24."""
   model, params = tiny(**features)
@@ -83,8 +95,9 @@ def test_top_k_1_and_one_beam_equal_greedy(alibi_model):
   model, params = alibi_model
   gen = generate.Generator(model, params)
   greedy = gen.generate(PROMPTS, max_length=20, eos_id=NO_EOS, return_output=True)
-  topk1 = gen.generate(PROMPTS, max_length=20, eos_id=NO_EOS, sample=True, top_k=1, temperature=1.3,
-                       sample_rng=jax.random.PRNGKey(7))
+  topk1 = gen.generate(
+    PROMPTS, max_length=20, eos_id=NO_EOS, sample=True, top_k=1, temperature=1.3, sample_rng=jax.random.PRNGKey(7)
+  )
   beam1 = gen.generate(PROMPTS, max_length=20, eos_id=NO_EOS, num_beams=1, alpha=0.0, return_output=True)
   np.testing.assert_array_equal(topk1, greedy.sequences[:, 0])
   np.testing.assert_array_equal(beam1.sequences[:, 0], greedy.sequences[:, 0])
@@ -102,7 +115,7 @@ def test_sampling_is_reproducible_and_key_dependent(alibi_model):
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   for row, prompt in zip(a, PROMPTS):  # prompts are kept, samples differ from each other
-    np.testing.assert_array_equal(row[:, :len(prompt)], np.broadcast_to(prompt, (3, len(prompt))))
+    np.testing.assert_array_equal(row[:, : len(prompt)], np.broadcast_to(prompt, (3, len(prompt))))
   assert len({tuple(s) for s in a[0]}) > 1
 
 
@@ -110,10 +123,10 @@ def test_top_p_keeps_smallest_set_reaching_p():
   probs = np.array([0.05, 0.5, 0.15, 0.3])
   logits = jnp.log(jnp.asarray([probs], jnp.float32))
   kept = lambda p: set(np.nonzero(np.asarray(decoding.apply_top_p(logits, p))[0] > decoding.NEG_INF / 2)[0])
-  assert kept(0.3) == {1}             # 0.5 alone reaches 0.3
-  assert kept(0.5) == {1}             # exactly reaching p is enough
-  assert kept(0.6) == {1, 3}          # 0.5 + 0.3
-  assert kept(0.85) == {1, 3, 2}      # 0.5 + 0.3 + 0.15
+  assert kept(0.3) == {1}  # 0.5 alone reaches 0.3
+  assert kept(0.5) == {1}  # exactly reaching p is enough
+  assert kept(0.6) == {1, 3}  # 0.5 + 0.3
+  assert kept(0.85) == {1, 3, 2}  # 0.5 + 0.3 + 0.15
   assert kept(0.99) == {0, 1, 2, 3}
   assert kept(1.0) == {0, 1, 2, 3}
   # Per-row p.
@@ -130,8 +143,9 @@ def test_top_k_filter_and_sampling_support(alibi_model):
   model, params = alibi_model
   gen = generate.Generator(model, params)
   prompt = [[5, 7, 9]]
-  out = gen.generate(prompt * 1, max_length=4, eos_id=NO_EOS, sample=True, top_p=0.5, num_samples=32,
-                     sample_rng=jax.random.PRNGKey(0))
+  out = gen.generate(
+    prompt * 1, max_length=4, eos_id=NO_EOS, sample=True, top_p=0.5, num_samples=32, sample_rng=jax.random.PRNGKey(0)
+  )
   logits = model.module.apply({"params": params}, jnp.asarray([[0, 5, 7, 9]]), None, enable_dropout=False)[0, 3]
   nucleus = set(np.nonzero(np.asarray(decoding.apply_top_p(logits[None], 0.5))[0] > decoding.NEG_INF / 2)[0])
   assert set(out[0, :, 3].tolist()) <= nucleus
@@ -145,8 +159,8 @@ def test_eos_stops_each_row_and_pads(alibi_model):
   out = gen.generate(PROMPTS, max_length=20, eos_id=eos, return_output=True)
   row = out.sequences[0, 0]
   first = 3 + free[0, 3:].tolist().index(eos)
-  np.testing.assert_array_equal(row[:first + 1], free[0, :first + 1])
-  assert (row[first + 1:] == 0).all() and out.finished[0, 0]
+  np.testing.assert_array_equal(row[: first + 1], free[0, : first + 1])
+  assert (row[first + 1 :] == 0).all() and out.finished[0, 0]
   assert out.continuations[0][0] == free[0, 3:first].tolist()
 
 
@@ -162,8 +176,7 @@ def test_beam_search_finds_better_or_equal_sequences_than_greedy(alibi_model):
   model, params = alibi_model
   gen = generate.Generator(model, params)
   greedy = gen.generate(PROMPTS, max_length=14, eos_id=NO_EOS, return_output=True)
-  beams = gen.generate(PROMPTS, max_length=14, eos_id=NO_EOS, num_beams=4, num_samples=4, alpha=0.0,
-                       return_output=True)
+  beams = gen.generate(PROMPTS, max_length=14, eos_id=NO_EOS, num_beams=4, num_samples=4, alpha=0.0, return_output=True)
   assert beams.sequences.shape == (2, 4, 14)
   assert (beams.scores[:, 0] >= greedy.scores[:, 0] - 1e-4).all()
   assert (np.diff(beams.scores, axis=1) <= 1e-6).all()  # best first
@@ -197,8 +210,9 @@ def test_decode_loop_is_one_traced_program(alibi_model):
   def run(inputs):
     cache = model.init_cache(params, 2, 16)
     _, cache = model.prefill_cache(params, cache, inputs, lengths)
-    return decoding.temperature_sample(inputs, cache, counting, eos_id=NO_EOS, topk=0, temperature=0.0,
-                                       initial_index=lengths)
+    return decoding.temperature_sample(
+      inputs, cache, counting, eos_id=NO_EOS, topk=0, temperature=0.0, initial_index=lengths
+    )
 
   decodes, _ = run(inputs)
   assert decodes.shape == (2, 1, 16) and len(calls) == 1
@@ -214,8 +228,8 @@ def test_predict_batch_with_aux_t5x_flow(alibi_model):
   tokens = np.zeros((2, total), np.int32)
   causal = np.zeros((2, total), np.int32)
   for b, p in enumerate(PROMPTS):
-    tokens[b, 1:len(p) + 1] = p
-    causal[b, :len(p) + 1] = 1
+    tokens[b, 1 : len(p) + 1] = p
+    causal[b, : len(p) + 1] = 1
   batch = {"decoder_input_tokens": jnp.asarray(tokens), "decoder_causal_attention": jnp.asarray(causal)}
   model_eos = models.DecoderOnlyLM(model.module, decode_fn=decoding.temperature_sample)
   decodes, aux = model_eos.predict_batch_with_aux(params, batch, decoder_params={"temperature": 0.0, "topk": 0})
@@ -223,14 +237,15 @@ def test_predict_batch_with_aux_t5x_flow(alibi_model):
   for b, p in enumerate(PROMPTS):
     n_new = total - len(p)
     got = np.asarray(decodes[b, :n_new]).tolist()
-    ref = want[b, len(p):].tolist()
+    ref = want[b, len(p) :].tolist()
     if 1 in ref:
-      ref = ref[:ref.index(1) + 1]
-      got = got[:len(ref)]
+      ref = ref[: ref.index(1) + 1]
+      got = got[: len(ref)]
     assert got == ref
   beam_model = models.DecoderOnlyLM(model.module, decode_fn=decoding.beam_search)
-  decodes, aux = beam_model.predict_batch_with_aux(params, batch, num_decodes=3, return_all_decodes=True,
-                                                   decoder_params={"alpha": 0.0})
+  decodes, aux = beam_model.predict_batch_with_aux(
+    params, batch, num_decodes=3, return_all_decodes=True, decoder_params={"alpha": 0.0}
+  )
   assert decodes.shape == (2, 3, total) and aux["scores"].shape == (2, 3)
 
 

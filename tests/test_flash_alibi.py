@@ -6,6 +6,7 @@ hand-written softmax-attention gradients.  On CPU the Pallas kernels run in inte
 on a GPU (``JAX_PLATFORMS=cuda python -m pytest tests/test_flash_alibi.py``)
 the kernel-vs-NumPy tests run the compiled Triton kernels (interpret=None).
 """
+
 import math
 import re
 import warnings
@@ -17,8 +18,14 @@ import pytest
 
 from gpt_plugin.kernels import flash_alibi as fa
 from gpt_plugin.kernels.common import segment_extent
-from attention_reference import (assert_matches_float64, make_segments, np_attention, np_attention_grads, np_slopes,
-                                 rel_err)
+from attention_reference import (
+  assert_matches_float64,
+  make_segments,
+  np_attention,
+  np_attention_grads,
+  np_slopes,
+  rel_err,
+)
 
 
 # ----------------------------------------------------------------------------
@@ -26,17 +33,18 @@ from attention_reference import (assert_matches_float64, make_segments, np_atten
 # ----------------------------------------------------------------------------
 def make_inputs(batch, t, heads, d, seed=0, packed=False):
   rng = np.random.default_rng(seed)
-  q, k, v, w = (rng.standard_normal((batch, t, heads, d)).astype(np.float32)
-                for _ in range(4))
+  q, k, v, w = (rng.standard_normal((batch, t, heads, d)).astype(np.float32) for _ in range(4))
   seg = make_segments(batch, t, rng) if packed else None
   return q, k, v, w, seg
 
 
 def run_fn(fn, q, k, v, w, dtype):
   """Jitted forward + gradients of sum(w * out) w.r.t. q, k, v."""
+
   def f(q, k, v, w):
     out, vjp = jax.vjp(fn, q, k, v)
     return (out,) + vjp(w.astype(out.dtype))
+
   args = [jnp.asarray(x, dtype) for x in (q, k, v, w)]
   return [np.asarray(x.astype(jnp.float32)) for x in jax.jit(f)(*args)]
 
@@ -45,14 +53,14 @@ def run_fn(fn, q, k, v, w, dtype):
 # Kernel vs float64 reference
 # ----------------------------------------------------------------------------
 CASES = [
-    # (T, heads, head_dim, causal, packed, block_q, block_k)
-    (48, 12, 16, True, False, 32, 32),
-    (100, 12, 24, True, True, 32, 32),    # head_dim padded to 32
-    (130, 4, 32, True, True, 32, 32),
-    (100, 6, 16, False, False, 32, 32),
-    (130, 12, 16, False, True, 32, 32),
-    (100, 3, 16, True, True, 32, 16),     # block_q != block_k
-    (64, 5, 16, True, False, 16, 32),
+  # (T, heads, head_dim, causal, packed, block_q, block_k)
+  (48, 12, 16, True, False, 32, 32),
+  (100, 12, 24, True, True, 32, 32),  # head_dim padded to 32
+  (130, 4, 32, True, True, 32, 32),
+  (100, 6, 16, False, False, 32, 32),
+  (130, 12, 16, False, True, 32, 32),
+  (100, 3, 16, True, True, 32, 16),  # block_q != block_k
+  (64, 5, 16, True, False, 16, 32),
 ]
 
 
@@ -64,9 +72,16 @@ def test_flash_alibi_fp32_matches_numpy(t, heads, d, causal, packed, bq, bk):
 
   def fn(q, k, v):
     return fa.flash_alibi_attention(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-        segment_ids=None if seg is None else jnp.asarray(seg),
-        causal=causal, block_q=bq, block_k=bk, interpret=None)
+      q,
+      k,
+      v,
+      slopes=jnp.asarray(slopes, jnp.float32),
+      segment_ids=None if seg is None else jnp.asarray(seg),
+      causal=causal,
+      block_q=bq,
+      block_k=bk,
+      interpret=None,
+    )
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
   assert out.shape == q.shape
@@ -80,19 +95,25 @@ def test_flash_alibi_bf16_relative_error():
 
   def fn(q, k, v):
     return fa.flash_alibi_attention(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-        segment_ids=jnp.asarray(seg), causal=True, block_q=32, block_k=32,
-        interpret=None)
+      q,
+      k,
+      v,
+      slopes=jnp.asarray(slopes, jnp.float32),
+      segment_ids=jnp.asarray(seg),
+      causal=True,
+      block_q=32,
+      block_k=32,
+      interpret=None,
+    )
 
   # Reference sees the same bf16-rounded inputs.
-  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-                    for x in (q, k, v, w))
+  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in (q, k, v, w))
+
   def fwd_bwd(q, k, v, w):
     out, vjp = jax.vjp(fn, q, k, v)
     return (out,) + vjp(w)
 
-  out, *grads = jax.jit(fwd_bwd)(
-      *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, w)))
+  out, *grads = jax.jit(fwd_bwd)(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v, w)))
   assert out.dtype == jnp.bfloat16
   ref, p = np_attention(qb, kb, vb, slopes, seg, True, 1.0 / math.sqrt(d))
   refs = np_attention_grads(qb, kb, vb, p, wb, 1.0 / math.sqrt(d))
@@ -106,9 +127,11 @@ def test_custom_sm_scale_and_jit_outer():
   t, heads, d = 40, 2, 16
   q, k, v, w, _ = make_inputs(1, t, heads, d, seed=3)
   slopes = np.array([0.5, 0.0625])
-  f = jax.jit(lambda q, k, v: fa.flash_alibi_attention(
-      q, k, v, slopes=jnp.asarray(slopes, jnp.float32), sm_scale=0.3,
-      block_q=16, block_k=16))  # interpret=None -> interpret on CPU
+  f = jax.jit(
+    lambda q, k, v: fa.flash_alibi_attention(
+      q, k, v, slopes=jnp.asarray(slopes, jnp.float32), sm_scale=0.3, block_q=16, block_k=16
+    )
+  )  # interpret=None -> interpret on CPU
   ref, _ = np_attention(q, k, v, slopes, None, True, 0.3)
   np.testing.assert_allclose(np.asarray(f(q, k, v)), ref, rtol=1e-4, atol=2e-5)
 
@@ -116,18 +139,20 @@ def test_custom_sm_scale_and_jit_outer():
 def test_slopes_are_constants():
   t, heads, d = 32, 2, 16
   q, k, v, _, _ = make_inputs(1, t, heads, d, seed=4)
-  g = jax.grad(lambda s: fa.flash_alibi_attention(
-      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), slopes=s,
-      block_q=16, block_k=16, interpret=True).sum())(
-          jnp.asarray([0.5, 0.25], jnp.float32))
+  g = jax.grad(
+    lambda s: fa.flash_alibi_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), slopes=s, block_q=16, block_k=16, interpret=True
+    ).sum()
+  )(jnp.asarray([0.5, 0.25], jnp.float32))
   np.testing.assert_array_equal(np.asarray(g), 0.0)
 
 
 # ----------------------------------------------------------------------------
 # Blockwise jnp reference fallback
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize("t,causal,packed,block", [
-    (100, True, True, 32), (130, False, True, 48), (48, True, False, 512)])
+@pytest.mark.parametrize(
+  "t,causal,packed,block", [(100, True, True, 32), (130, False, True, 48), (48, True, False, 512)]
+)
 def test_reference_fallback_matches_numpy(t, causal, packed, block):
   heads, d = 12, 16
   q, k, v, w, seg = make_inputs(2, t, heads, d, seed=11, packed=packed)
@@ -136,9 +161,14 @@ def test_reference_fallback_matches_numpy(t, causal, packed, block):
 
   def fn(q, k, v):
     return fa.flash_alibi_reference(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-        segment_ids=None if seg is None else jnp.asarray(seg),
-        causal=causal, block_k=block)
+      q,
+      k,
+      v,
+      slopes=jnp.asarray(slopes, jnp.float32),
+      segment_ids=None if seg is None else jnp.asarray(seg),
+      causal=causal,
+      block_k=block,
+    )
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
   assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, causal, scale)
@@ -152,10 +182,9 @@ def test_interpret_false_on_cpu_falls_back_to_reference():
   fa._WARNED.discard("no_triton_cpu")
   with warnings.catch_warnings(record=True) as rec:
     warnings.simplefilter("always")
-    out = fa.flash_alibi_attention(jnp.asarray(q), jnp.asarray(k),
-                                   jnp.asarray(v),
-                                   slopes=jnp.asarray(slopes, jnp.float32),
-                                   interpret=False)
+    out = fa.flash_alibi_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), slopes=jnp.asarray(slopes, jnp.float32), interpret=False
+    )
   assert any("reference" in str(r.message) for r in rec)
   ref, _ = np_attention(q, k, v, slopes, None, True, 0.25)
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-5)
@@ -168,19 +197,15 @@ def test_causal_block_counts():
   q, k, v, _, _ = make_inputs(1, 128, 2, 16, seed=6)
   slopes = jnp.asarray([0.5, 0.25], jnp.float32)
   args = [jnp.asarray(x) for x in (q, k, v)]
-  counts = jax.jit(fa.flash_alibi_block_counts,
-                   static_argnames=("causal", "block_q", "block_k",
-                                    "bwd_block_q", "bwd_block_k"))
-  _, fwd, dq, dkdv = counts(
-      *args, slopes=slopes, block_q=32, block_k=16, bwd_block_q=32,
-      bwd_block_k=32)
+  counts = jax.jit(
+    fa.flash_alibi_block_counts, static_argnames=("causal", "block_q", "block_k", "bwd_block_q", "bwd_block_k")
+  )
+  _, fwd, dq, dkdv = counts(*args, slopes=slopes, block_q=32, block_k=16, bwd_block_q=32, bwd_block_k=32)
   # 8 key blocks of 16; query block i needs key blocks 0 .. 2i+1.
   np.testing.assert_array_equal(np.asarray(fwd)[0, 0], [2, 4, 6, 8])
   np.testing.assert_array_equal(np.asarray(dq)[0, 0], [1, 2, 3, 4])
   np.testing.assert_array_equal(np.asarray(dkdv)[0, 0], [4, 3, 2, 1])
-  _, fwd, dq, dkdv = counts(
-      *args, slopes=slopes, causal=False, block_q=32, block_k=16,
-      bwd_block_q=32, bwd_block_k=32)
+  _, fwd, dq, dkdv = counts(*args, slopes=slopes, causal=False, block_q=32, block_k=16, bwd_block_q=32, bwd_block_k=32)
   assert (np.asarray(fwd) == 8).all() and (np.asarray(dkdv) == 4).all()
 
 
@@ -200,8 +225,16 @@ def test_fully_masked_blocks_are_never_read():
 
   def fn(q, k, v):
     return fa.flash_alibi_attention(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32), block_q=blk,
-        block_k=blk, bwd_block_q=blk, bwd_block_k=blk, interpret=True)
+      q,
+      k,
+      v,
+      slopes=jnp.asarray(slopes, jnp.float32),
+      block_q=blk,
+      block_k=blk,
+      bwd_block_q=blk,
+      bwd_block_k=blk,
+      interpret=True,
+    )
 
   # Forward: poison the last key block; query blocks 0..2 never see it.
   kp, vp = k.copy(), v.copy()
@@ -209,8 +242,7 @@ def test_fully_masked_blocks_are_never_read():
   vp[:, -blk:] = np.nan
   out = np.asarray(jax.jit(fn)(q, kp, vp))
   assert np.isnan(out[:, -blk:]).any()  # the diagonal tile does read it
-  np.testing.assert_allclose(out[:, :-blk], clean_ref[:, :-blk], rtol=1e-4,
-                             atol=2e-5)
+  np.testing.assert_allclose(out[:, :-blk], clean_ref[:, :-blk], rtol=1e-4, atol=2e-5)
 
   # Backward (dk/dv kernel): poison the first query block; key blocks 1..3
   # never pair with it, so their dk/dv stay exact.
@@ -227,7 +259,7 @@ def test_fully_masked_blocks_are_never_read():
 # ----------------------------------------------------------------------------
 def test_segment_extent_matches_brute_force():
   rng = np.random.default_rng(3)
-  runs = np.repeat([1, 2, 1, 3, 0], [5, 7, 4, 9, 7])            # id 1 occurs in two runs
+  runs = np.repeat([1, 2, 1, 3, 0], [5, 7, 4, 9, 7])  # id 1 occurs in two runs
   layouts = np.stack([runs, rng.integers(-1, 4, size=runs.size), np.sort(rng.integers(0, 5, size=runs.size))])
   first, last = (np.asarray(x) for x in segment_extent(jnp.asarray(layouts, jnp.int32)))
   for b, row in enumerate(layouts):
@@ -243,7 +275,7 @@ def _visible_block_pairs(seg, rows, cols, causal, transpose=False):
   pos = np.arange(t)
   keep = seg[:, None] == seg[None, :]
   if causal:
-    keep &= pos[None, :] <= pos[:, None]                          # [query, key]
+    keep &= pos[None, :] <= pos[:, None]  # [query, key]
   if transpose:
     keep = keep.T
   blocks = keep.reshape(t // rows, rows, t // cols, cols).any(axis=(1, 3))
@@ -256,17 +288,25 @@ def test_packed_blocks_outside_the_segments_are_skipped(causal):
   t, blk = 256, 32
   seg = np.repeat([1, 2, 3, 4, 5, 0], [40, 70, 10, 90, 30, 16]).astype(np.int32)
   q, k, v, _, _ = make_inputs(1, t, 2, 16, seed=9)
-  counts = jax.jit(fa.flash_alibi_block_counts,
-                   static_argnames=("causal", "block_q", "block_k", "bwd_block_q", "bwd_block_k"))
-  out, fwd, dq, dkdv = counts(*(jnp.asarray(x) for x in (q, k, v)), slopes=jnp.asarray([0.5, 0.25]),
-                              segment_ids=jnp.asarray(seg[None]), causal=causal, block_q=blk, block_k=blk,
-                              bwd_block_q=blk, bwd_block_k=blk)
+  counts = jax.jit(
+    fa.flash_alibi_block_counts, static_argnames=("causal", "block_q", "block_k", "bwd_block_q", "bwd_block_k")
+  )
+  out, fwd, dq, dkdv = counts(
+    *(jnp.asarray(x) for x in (q, k, v)),
+    slopes=jnp.asarray([0.5, 0.25]),
+    segment_ids=jnp.asarray(seg[None]),
+    causal=causal,
+    block_q=blk,
+    block_k=blk,
+    bwd_block_q=blk,
+    bwd_block_k=blk,
+  )
   want = _visible_block_pairs(seg, blk, blk, causal)
   np.testing.assert_array_equal(np.asarray(fwd)[0, 0], want)
   np.testing.assert_array_equal(np.asarray(dq)[0, 0], want)
   np.testing.assert_array_equal(np.asarray(dkdv)[0, 0], _visible_block_pairs(seg, blk, blk, causal, transpose=True))
   dense = (t // blk) * (t // blk + 1) // 2 if causal else (t // blk) ** 2
-  assert want.sum() < 0.6 * dense                                  # the skipping actually saves work here
+  assert want.sum() < 0.6 * dense  # the skipping actually saves work here
   ref, _ = np_attention(q, k, v, np.array([0.5, 0.25]), seg[None], causal, 1.0 / math.sqrt(16))
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-5)
 
@@ -286,9 +326,18 @@ def test_segments_that_are_not_one_run_stay_exact(layout):
   scale = 1.0 / math.sqrt(d)
 
   def fn(q, k, v):
-    return fa.flash_alibi_attention(q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-                                    segment_ids=jnp.asarray(seg), block_q=16, block_k=32,
-                                    bwd_block_q=32, bwd_block_k=16, interpret=None)
+    return fa.flash_alibi_attention(
+      q,
+      k,
+      v,
+      slopes=jnp.asarray(slopes, jnp.float32),
+      segment_ids=jnp.asarray(seg),
+      block_q=16,
+      block_k=32,
+      bwd_block_q=32,
+      bwd_block_k=16,
+      interpret=None,
+    )
 
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)
   assert_matches_float64(out, (dq, dk, dv), q, k, v, w, slopes, seg, True, scale)
@@ -309,12 +358,10 @@ def test_unsupported_configurations_raise():
   with pytest.raises(NotImplementedError, match="GQA"):
     fa.flash_alibi_attention(x, x[:, :, :1], x[:, :, :1], slopes=s)
   with pytest.raises(NotImplementedError, match="power of two"):
-    fa.flash_alibi_attention(x, x, x, slopes=s, block_q=48,
-                             implementation="triton", interpret=False)
+    fa.flash_alibi_attention(x, x, x, slopes=s, block_q=48, implementation="triton", interpret=False)
   big = jnp.zeros((1, 32, 2, 512), jnp.bfloat16)
   with pytest.raises(NotImplementedError, match="head_dim"):
-    fa.flash_alibi_attention(big, big, big, slopes=s,
-                             implementation="triton", interpret=False)
+    fa.flash_alibi_attention(big, big, big, slopes=s, implementation="triton", interpret=False)
   with pytest.raises(ValueError, match="slopes"):
     fa.flash_alibi_attention(x, x, x, slopes=jnp.ones((3,)))
 
@@ -348,13 +395,12 @@ def test_lowers_to_triton_for_cuda():
   slopes = jnp.asarray(fa.alibi_slopes(h))
 
   def loss(q, k, v, s):
-    o = fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s,
-                                 implementation="triton", interpret=False,
-                                 block_q=64, block_k=32)
+    o = fa.flash_alibi_attention(
+      q, k, v, slopes=slopes, segment_ids=s, implementation="triton", interpret=False, block_q=64, block_k=32
+    )
     return o.astype(jnp.float32).sum()
 
-  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
-      x, x, x, seg).lower(lowering_platforms=("cuda",))
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x, seg).lower(lowering_platforms=("cuda",))
   text = lowered.as_text()
   assert text.count("xla.gpu.triton") == 3  # fwd, dq, dk/dv
   for name in ("flash_alibi_fwd", "flash_alibi_bwd_dq", "flash_alibi_bwd_dkdv"):
@@ -369,12 +415,18 @@ def test_default_launch_reaches_the_triton_calls(d):
   x = jax.ShapeDtypeStruct((1, 1000, 2, d), jnp.bfloat16)
   seg = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
   slopes = jnp.asarray(fa.alibi_slopes(2))
-  loss = lambda q, k, v, s: fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s, implementation="triton",
-                                                     interpret=False).astype(jnp.float32).sum()
+  loss = lambda q, k, v, s: (
+    fa.flash_alibi_attention(q, k, v, slopes=slopes, segment_ids=s, implementation="triton", interpret=False)
+    .astype(jnp.float32)
+    .sum()
+  )
   text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x, seg).lower(lowering_platforms=("cuda",)).as_text()
   bq, bk, bbq, bbk = fa.default_tiles(d)
-  for name, tiles in (("flash_alibi_fwd", (bq, bk)), ("flash_alibi_bwd_dq", (bbq, bbk)),
-                      ("flash_alibi_bwd_dkdv", (bbq, bbk))):
+  for name, tiles in (
+    ("flash_alibi_fwd", (bq, bk)),
+    ("flash_alibi_bwd_dq", (bbq, bbk)),
+    ("flash_alibi_bwd_dkdv", (bbq, bbk)),
+  ):
     call = re.search(r'name = "%s".*?num_stages = (\d+).*?num_warps = (\d+)' % name, text, re.S)
     assert call, name
     kernel = {"flash_alibi_fwd": "fwd", "flash_alibi_bwd_dq": "dq", "flash_alibi_bwd_dkdv": "dkdv"}[name]
@@ -392,11 +444,10 @@ def test_gpu_default_tiles_bf16(d):
 
   def fn(q, k, v):
     return fa.flash_alibi_attention(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-        segment_ids=jnp.asarray(seg), causal=True)
+      q, k, v, slopes=jnp.asarray(slopes, jnp.float32), segment_ids=jnp.asarray(seg), causal=True
+    )
 
-  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-                    for x in (q, k, v, w))
+  qb, kb, vb, wb = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in (q, k, v, w))
   out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.bfloat16)
   ref, p = np_attention(qb, kb, vb, slopes, seg, True, 1.0 / math.sqrt(d))
   refs = np_attention_grads(qb, kb, vb, p, wb, 1.0 / math.sqrt(d))
@@ -418,8 +469,8 @@ def test_tpu_path_in_tpu_interpret_mode():
 
   def fn(q, k, v):
     return fa.flash_alibi_attention(
-        q, k, v, slopes=jnp.asarray(slopes, jnp.float32),
-        segment_ids=jnp.asarray(seg), causal=True, implementation="tpu")
+      q, k, v, slopes=jnp.asarray(slopes, jnp.float32), segment_ids=jnp.asarray(seg), causal=True, implementation="tpu"
+    )
 
   with pltpu.force_tpu_interpret_mode():
     out, dq, dk, dv = run_fn(fn, q, k, v, w, jnp.float32)

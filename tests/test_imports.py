@@ -1,4 +1,5 @@
 """The model, train step and decoding import without seqio / tensorflow / gin (bare GPU hosts carry no TF)."""
+
 import subprocess
 import sys
 import textwrap

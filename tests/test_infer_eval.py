@@ -1,5 +1,6 @@
 """Infer and eval runners (gpt_plugin/inference/*): checkpoint loading, JSONL predictions, perplexity at several
 context lengths with JSON + PNG, gin files, bad input."""
+
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _vocab():
   import tasks  # pylint: disable=import-outside-toplevel
+
   return tasks.pydocs_vocabulary()
 
 
@@ -84,11 +86,15 @@ def test_checkpoint_errors_name_the_path(trained):
 def test_infer_from_text_file_and_jsonl(trained, tmp_path):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("def main(\n\nimport os\nThe for statement\n")
-  out = infer_lib.infer(model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"),
-                        output_dir=str(tmp_path / "out"), input_file=str(prompts),
-                        dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 8, "targets": 6},
-                                                            batch_size=2),
-                        decoder_params={"temperature": 0.0, "topk": 0}, console=False)
+  out = infer_lib.infer(
+    model=trained["model"],
+    checkpoint_path=str(trained["root"] / "alibi"),
+    output_dir=str(tmp_path / "out"),
+    input_file=str(prompts),
+    dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 8, "targets": 6}, batch_size=2),
+    decoder_params={"temperature": 0.0, "topk": 0},
+    console=False,
+  )
   assert out.endswith("prompts-predict.jsonl-00000-of-00001")
   rows = [json.loads(l) for l in open(out)]
   assert [r["inputs"] for r in rows] == ["def main(", "import os", "The for statement"]
@@ -99,10 +105,14 @@ def test_infer_from_text_file_and_jsonl(trained, tmp_path):
   assert rows[1]["prediction"] == want[0]
   jsonl = tmp_path / "p.jsonl"
   jsonl.write_text(json.dumps({"inputs": "class A:", "targets": "pass"}) + "\n")
-  out = infer_lib.infer(model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"),
-                        output_dir=str(tmp_path / "out2"), input_file=str(jsonl),
-                        dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 8, "targets": 4}),
-                        console=False)
+  out = infer_lib.infer(
+    model=trained["model"],
+    checkpoint_path=str(trained["root"] / "alibi"),
+    output_dir=str(tmp_path / "out2"),
+    input_file=str(jsonl),
+    dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 8, "targets": 4}),
+    console=False,
+  )
   row = json.loads(open(out).readline())
   assert row["inputs"] == "class A:" and row["targets"] == "pass"
 
@@ -110,8 +120,13 @@ def test_infer_from_text_file_and_jsonl(trained, tmp_path):
 def test_infer_bad_prompts(trained, tmp_path):
   long_file = tmp_path / "long.txt"
   long_file.write_text("one two three four five six seven eight nine ten eleven\n")
-  kw = dict(model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"), output_dir=str(tmp_path),
-            dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 4, "targets": 4}), console=False)
+  kw = dict(
+    model=trained["model"],
+    checkpoint_path=str(trained["root"] / "alibi"),
+    output_dir=str(tmp_path),
+    dataset_cfg=infer_lib.DatasetConfig(task_feature_lengths={"inputs": 4, "targets": 4}),
+    console=False,
+  )
   with pytest.raises(ValueError, match=r"long.txt:1: prompt of \d+ tokens is longer than the prompt length 4"):
     infer_lib.infer(input_file=str(long_file), **kw)
   with pytest.raises(FileNotFoundError, match="missing.txt"):
@@ -119,37 +134,58 @@ def test_infer_bad_prompts(trained, tmp_path):
 
 
 def test_infer_from_seqio_task_prompts(trained, tmp_path):
-  out = infer_lib.infer(model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"),
-                        output_dir=str(tmp_path), max_examples=3,
-                        dataset_cfg=infer_lib.DatasetConfig(mixture_or_task_name="pydocs",
-                                                            task_feature_lengths={"inputs": 12, "targets": 4},
-                                                            batch_size=4),
-                        console=False)
+  out = infer_lib.infer(
+    model=trained["model"],
+    checkpoint_path=str(trained["root"] / "alibi"),
+    output_dir=str(tmp_path),
+    max_examples=3,
+    dataset_cfg=infer_lib.DatasetConfig(
+      mixture_or_task_name="pydocs", task_feature_lengths={"inputs": 12, "targets": 4}, batch_size=4
+    ),
+    console=False,
+  )
   rows = [json.loads(l) for l in open(out)]
   assert len(rows) == 3 and all(r["inputs"] and "targets" in r for r in rows)
 
 
 def test_interactive_prints_prompt_and_continuation(trained):
   lines = []
-  res = infer_lib.interactive(["def main("], model=trained["model"],
-                              checkpoint_path=str(trained["root"] / "alibi"), max_new_tokens=5, num_samples=2,
-                              print_fn=lines.append)
+  res = infer_lib.interactive(
+    ["def main("],
+    model=trained["model"],
+    checkpoint_path=str(trained["root"] / "alibi"),
+    max_new_tokens=5,
+    num_samples=2,
+    print_fn=lines.append,
+  )
   assert len(res[0]) == 2 and lines[0].startswith("def main(")
 
 
 def test_eval_alibi_and_learned_control_write_json_and_png(trained, tmp_path):
   text = tmp_path / "eval.txt"
   text.write_text(("The for statement iterates over the items of any sequence. " * 40))
-  common = dict(train_length=8, context_multipliers=(1, 2, 4), input_file=str(text), max_eval_tokens=256,
-                sliding_divisor=2, console=False)
-  alibi = eval_lib.evaluate(model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"),
-                            output_dir=str(tmp_path / "a"), **common)
+  common = dict(
+    train_length=8,
+    context_multipliers=(1, 2, 4),
+    input_file=str(text),
+    max_eval_tokens=256,
+    sliding_divisor=2,
+    console=False,
+  )
+  alibi = eval_lib.evaluate(
+    model=trained["model"], checkpoint_path=str(trained["root"] / "alibi"), output_dir=str(tmp_path / "a"), **common
+  )
   rows = {(r["mode"], r["context"]): r for r in alibi["results"]}
   assert set(rows) == {(m, c) for m in ("nonoverlapping", "sliding") for c in (8, 16, 32)}
   assert all(np.isfinite(r["perplexity"]) and r["bits_per_byte"] > 0 for r in rows.values())
   assert {r["tokens"] for r in rows.values()} == {float(alibi["num_tokens"])}  # same tokens scored everywhere
-  learned = eval_lib.evaluate(model=trained["learned"], checkpoint_path=str(trained["root"] / "learned"),
-                              output_dir=str(tmp_path / "l"), compare_results=[alibi["json_path"]], **common)
+  learned = eval_lib.evaluate(
+    model=trained["learned"],
+    checkpoint_path=str(trained["root"] / "learned"),
+    output_dir=str(tmp_path / "l"),
+    compare_results=[alibi["json_path"]],
+    **common,
+  )
   lrows = {(r["mode"], r["context"]): r for r in learned["results"]}
   assert "max_position_embeddings=16" in lrows[("nonoverlapping", 32)]["error"]
   assert "perplexity" in lrows[("nonoverlapping", 16)]
@@ -175,18 +211,36 @@ def test_eval_matches_direct_loss(trained):
 
 def test_gin_files_parse_and_bind(trained, tmp_path):
   """runs/infer.gin and runs/eval.gin with a model gin; the bound runners work end to end."""
-  bindings = ["network.GPTConfig.emb_dim = 32", "network.GPTConfig.num_heads = 4",
-              "network.GPTConfig.num_layers = 2", "VOCAB_SIZE = 8192", "VOCABULARY = @tasks.pydocs_vocabulary()",
-              "ACTIVATION_DTYPE = 'float32'", f"CHECKPOINT_PATH = '{trained['root'] / 'alibi'}'",
-              f"INFER_OUTPUT_DIR = '{tmp_path / 'infer'}'", "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
-              "MIXTURE_OR_TASK_NAME = 'pydocs'", "MAX_EXAMPLES = 2", "DECODER_PARAMS = {'temperature': 0.0}"]
+  bindings = [
+    "network.GPTConfig.emb_dim = 32",
+    "network.GPTConfig.num_heads = 4",
+    "network.GPTConfig.num_layers = 2",
+    "VOCAB_SIZE = 8192",
+    "VOCABULARY = @tasks.pydocs_vocabulary()",
+    "ACTIVATION_DTYPE = 'float32'",
+    f"CHECKPOINT_PATH = '{trained['root'] / 'alibi'}'",
+    f"INFER_OUTPUT_DIR = '{tmp_path / 'infer'}'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
+    "MIXTURE_OR_TASK_NAME = 'pydocs'",
+    "MAX_EXAMPLES = 2",
+    "DECODER_PARAMS = {'temperature': 0.0}",
+  ]
   try:
     gin_flags.parse_gin(["models/gpt_common.gin", "runs/infer.gin"], bindings, finalize=False)
     path = gin.get_configurable(infer_lib.infer)(console=False)
     assert len(open(path).readlines()) == 2
-    gin_flags.parse_gin(["models/gpt_common.gin", "runs/eval.gin"], bindings[:7] + [
-        "TRAIN_LENGTH = 8", "MIXTURE_OR_TASK_NAME = 'pydocs'", "CONTEXT_MULTIPLIERS = [1, 2]",
-        "MAX_EVAL_TOKENS = 64", f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'"], finalize=False)
+    gin_flags.parse_gin(
+      ["models/gpt_common.gin", "runs/eval.gin"],
+      bindings[:7]
+      + [
+        "TRAIN_LENGTH = 8",
+        "MIXTURE_OR_TASK_NAME = 'pydocs'",
+        "CONTEXT_MULTIPLIERS = [1, 2]",
+        "MAX_EVAL_TOKENS = 64",
+        f"EVAL_OUTPUT_DIR = '{tmp_path / 'eval'}'",
+      ],
+      finalize=False,
+    )
     res = gin.get_configurable(eval_lib.evaluate)(console=False)
     assert len(res["results"]) == 4
     for f in ("runs/infer_quickstart.gin", "runs/eval_quickstart.gin"):
@@ -196,17 +250,36 @@ def test_gin_files_parse_and_bind(trained, tmp_path):
 
 
 def test_cli_interactive_and_bad_checkpoint(trained):
-  base = [sys.executable, "-m", "gpt_plugin.infer", "--gin_file=models/gpt_common.gin",
-          "--gin_file=runs/infer.gin", "--gin.network.GPTConfig.emb_dim=32", "--gin.network.GPTConfig.num_heads=4",
-          "--gin.network.GPTConfig.num_layers=2", "--gin.VOCAB_SIZE=8192",
-          "--gin.VOCABULARY=@tasks.pydocs_vocabulary()", "--gin.ACTIVATION_DTYPE='float32'",
-          "--gin.INFER_OUTPUT_DIR='/tmp/unused'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}",
-          "--prompt=def main(", "--max_new_tokens=4", "--greedy"]
+  base = [
+    sys.executable,
+    "-m",
+    "gpt_plugin.infer",
+    "--gin_file=models/gpt_common.gin",
+    "--gin_file=runs/infer.gin",
+    "--gin.network.GPTConfig.emb_dim=32",
+    "--gin.network.GPTConfig.num_heads=4",
+    "--gin.network.GPTConfig.num_layers=2",
+    "--gin.VOCAB_SIZE=8192",
+    "--gin.VOCABULARY=@tasks.pydocs_vocabulary()",
+    "--gin.ACTIVATION_DTYPE='float32'",
+    "--gin.INFER_OUTPUT_DIR='/tmp/unused'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}",
+    "--prompt=def main(",
+    "--max_new_tokens=4",
+    "--greedy",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  ok = subprocess.run(base + [f"--gin.CHECKPOINT_PATH='{trained['root'] / 'alibi'}'"], cwd=REPO, env=env,
-                      capture_output=True, text=True, timeout=300)
+  ok = subprocess.run(
+    base + [f"--gin.CHECKPOINT_PATH='{trained['root'] / 'alibi'}'"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert ok.stdout.strip().startswith("def main(")
-  bad = subprocess.run(base + ["--gin.CHECKPOINT_PATH='/nonexistent/ckpt'"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    base + ["--gin.CHECKPOINT_PATH='/nonexistent/ckpt'"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert bad.returncode == 2 and "/nonexistent/ckpt" in bad.stderr

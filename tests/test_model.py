@@ -1,4 +1,5 @@
 """GPT decoder: layers against float64 NumPy references, causality, packing, cached decoding, presets, errors."""
+
 import itertools
 
 import flax
@@ -13,19 +14,29 @@ from gpt_plugin.network import GPTConfig, GPTDecoder
 
 VOCAB = 61
 FEATURES = [
-    dict(position_embedding=pos, block_type=block, use_static_sgu=use_sgu, head_qk_trick=head_qk)
-    for pos, block, use_sgu, head_qk in itertools.product(
-        ("alibi", "learned"), ("parallel", "sequential"), (False, True), (False, True))
+  dict(position_embedding=pos, block_type=block, use_static_sgu=use_sgu, head_qk_trick=head_qk)
+  for pos, block, use_sgu, head_qk in itertools.product(
+    ("alibi", "learned"), ("parallel", "sequential"), (False, True), (False, True)
+  )
 ]
 
 
 def feature_id(kw):
-  return "-".join([kw["position_embedding"], kw["block_type"]] + [k for k in ("use_static_sgu", "head_qk_trick") if kw[k]])
+  return "-".join(
+    [kw["position_embedding"], kw["block_type"]] + [k for k in ("use_static_sgu", "head_qk_trick") if kw[k]]
+  )
 
 
 def tiny_config(**overrides):
-  base = dict(vocab_size=VOCAB, emb_dim=32, num_heads=4, num_layers=2, sgu_kernel_size=4, head_qk_dim=8,
-              max_position_embeddings=64)
+  base = dict(
+    vocab_size=VOCAB,
+    emb_dim=32,
+    num_heads=4,
+    num_layers=2,
+    sgu_kernel_size=4,
+    head_qk_dim=8,
+    max_position_embeddings=64,
+  )
   base.update(overrides)
   return GPTConfig(**base)
 
@@ -57,8 +68,8 @@ def test_alibi_slopes_power_of_two_and_twelve_heads():
   np.testing.assert_allclose(alibi.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
   twelve = alibi.alibi_slopes(12)
   np.testing.assert_allclose(twelve[:8], [2.0 ** -(i + 1) for i in range(8)])
-  np.testing.assert_allclose(twelve[8:], [2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5], rtol=1e-6)
-  np.testing.assert_allclose(alibi.alibi_slopes(16)[:3], [2 ** -0.5, 2 ** -1.0, 2 ** -1.5], rtol=1e-6)
+  np.testing.assert_allclose(twelve[8:], [2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5], rtol=1e-6)
+  np.testing.assert_allclose(alibi.alibi_slopes(16)[:3], [2**-0.5, 2**-1.0, 2**-1.5], rtol=1e-6)
 
 
 def numpy_alibi_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads, segment_ids=None):
@@ -86,15 +97,23 @@ def numpy_alibi_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_hea
 @pytest.mark.parametrize("impl", ["xla", "cudnn"])
 def test_attention_matches_float64_reference_12_heads(impl):
   heads, width, seq = 12, 48, 37
-  layer = attention.CausalSelfAttention(num_heads=heads, head_dim=width // heads, out_features=width,
-                                        attention_impl=impl)
+  layer = attention.CausalSelfAttention(
+    num_heads=heads, head_dim=width // heads, out_features=width, attention_impl=impl
+  )
   x = jax.random.normal(jax.random.PRNGKey(0), (2, seq, width))
   segments = np.array([[1] * 20 + [2] * 17, [1] * seq])
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
   got = layer.apply({"params": params}, x, jnp.asarray(segments))
-  want = numpy_alibi_attention(np.asarray(x), np.asarray(params["qkv"]["kernel"]), np.asarray(params["qkv"]["bias"]),
-                               np.asarray(params["out"]["kernel"]), np.asarray(params["out"]["bias"]), heads, segments)
+  want = numpy_alibi_attention(
+    np.asarray(x),
+    np.asarray(params["qkv"]["kernel"]),
+    np.asarray(params["qkv"]["bias"]),
+    np.asarray(params["out"]["kernel"]),
+    np.asarray(params["out"]["bias"]),
+    heads,
+    segments,
+  )
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
 
 
@@ -175,10 +194,10 @@ def test_causality_every_feature_combination(features):
   module, params = init_params(tiny_config(**features), seq=12)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, VOCAB)
   t = 6
-  changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 7) % VOCAB)
+  changed = tokens.at[:, t + 1 :].set((tokens[:, t + 1 :] + 7) % VOCAB)
   a, b = forward(module, params, tokens), forward(module, params, changed)
-  np.testing.assert_allclose(np.asarray(a[:, :t + 1]), np.asarray(b[:, :t + 1]), rtol=1e-5, atol=1e-5)
-  assert float(jnp.abs(a[:, t + 1:] - b[:, t + 1:]).max()) > 1e-4
+  np.testing.assert_allclose(np.asarray(a[:, : t + 1]), np.asarray(b[:, : t + 1]), rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(a[:, t + 1 :] - b[:, t + 1 :]).max()) > 1e-4
 
 
 @pytest.mark.parametrize("features", FEATURES, ids=feature_id)
@@ -198,19 +217,32 @@ def test_packing_equals_separate_documents(features):
 def decode_all_positions(module, params, tokens, prompt_lengths):
   """Init cache, prefill each row's prompt, then decode one token at a time; logits for every position."""
   batch, length = tokens.shape
-  _, variables = module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True,
-                              mutable=["cache"])
+  _, variables = module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"])
   cache = variables["cache"]
   prompt_mask = jnp.arange(length)[None, :] < prompt_lengths[:, None]
   prompt = jnp.where(prompt_mask, tokens, 0)
-  prefill_logits, variables = module.apply({"params": params, "cache": cache}, prompt, prompt, enable_dropout=False,
-                                           prefill=True, prefill_lengths=prompt_lengths, mutable=["cache"])
+  prefill_logits, variables = module.apply(
+    {"params": params, "cache": cache},
+    prompt,
+    prompt,
+    enable_dropout=False,
+    prefill=True,
+    prefill_lengths=prompt_lengths,
+    mutable=["cache"],
+  )
   cache = variables["cache"]
 
   @jax.jit
   def step(cache, token):
-    logits, variables = module.apply({"params": params, "cache": cache}, token, token, enable_dropout=False,
-                                     decode=True, max_decode_length=length, mutable=["cache"])
+    logits, variables = module.apply(
+      {"params": params, "cache": cache},
+      token,
+      token,
+      enable_dropout=False,
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+    )
     return logits[:, 0], variables["cache"]
 
   rows = jnp.arange(batch)
@@ -222,8 +254,11 @@ def decode_all_positions(module, params, tokens, prompt_lengths):
   return prefill_logits, jnp.stack(step_logits, axis=1)
 
 
-@pytest.mark.parametrize("features", FEATURES + [dict(FEATURES[0], scan_layers=True)],
-                         ids=[feature_id(f) for f in FEATURES] + ["alibi-parallel-scan"])
+@pytest.mark.parametrize(
+  "features",
+  FEATURES + [dict(FEATURES[0], scan_layers=True)],
+  ids=[feature_id(f) for f in FEATURES] + ["alibi-parallel-scan"],
+)
 def test_cached_decoding_reproduces_full_forward(features):
   """Beyond the length the model was set up with (8), with prompts of different lengths per row."""
   cfg = tiny_config(**features)
@@ -236,7 +271,7 @@ def test_cached_decoding_reproduces_full_forward(features):
   for b in range(2):
     p = int(prompt_lengths[b])
     np.testing.assert_allclose(np.asarray(prefill_logits[b, :p]), np.asarray(full[b, :p]), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(steps[b, :length - p]), np.asarray(full[b, p:]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(steps[b, : length - p]), np.asarray(full[b, p:]), rtol=1e-4, atol=1e-4)
 
 
 def test_cached_decoding_without_prefill_from_scalar_index():
@@ -246,8 +281,14 @@ def test_cached_decoding_without_prefill_from_scalar_index():
   _, variables = module.apply({"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"])
   cache = variables["cache"]
   for t in range(10):
-    logits, variables = module.apply({"params": params, "cache": cache}, tokens[:, t:t + 1], tokens[:, t:t + 1],
-                                     enable_dropout=False, decode=True, mutable=["cache"])
+    logits, variables = module.apply(
+      {"params": params, "cache": cache},
+      tokens[:, t : t + 1],
+      tokens[:, t : t + 1],
+      enable_dropout=False,
+      decode=True,
+      mutable=["cache"],
+    )
     cache = variables["cache"]
     np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, t]), rtol=1e-4, atol=1e-4)
 
@@ -269,8 +310,9 @@ def test_head_qk_is_identity_at_init_and_learns():
   plain_module = GPTDecoder(tiny_config())
   plain_params = {k: v for k, v in params.items() if k != "head_qk"}
   tokens = jax.random.randint(jax.random.PRNGKey(8), (2, 8), 0, VOCAB)
-  np.testing.assert_array_equal(np.asarray(forward(module, params, tokens)),
-                                np.asarray(forward(plain_module, plain_params, tokens)))
+  np.testing.assert_array_equal(
+    np.asarray(forward(module, params, tokens)), np.asarray(forward(plain_module, plain_params, tokens))
+  )
 
   def loss(p):
     logits = forward(module, p, tokens[:, :-1])
@@ -342,19 +384,28 @@ def test_scanned_params_axes_have_layers_axis():
 def test_every_param_has_logical_axes():
   for features in FEATURES:
     variables = GPTDecoder(tiny_config(**features, embedding_layer_norm=True)).init(
-        jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), enable_dropout=False)
+      jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), enable_dropout=False
+    )
     axes = flax.linen.partitioning.get_axis_names(variables["params_axes"])
     params_paths = {k: v.ndim for k, v in flax.traverse_util.flatten_dict(variables["params"]).items()}
-    axes_paths = {k: len(v) for k, v in flax.traverse_util.flatten_dict(
-        axes, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec)).items()}
+    axes_paths = {
+      k: len(v)
+      for k, v in flax.traverse_util.flatten_dict(
+        axes, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec)
+      ).items()
+    }
     assert params_paths == axes_paths
 
 
 def test_bf16_compute_keeps_fp32_params_and_close_logits():
   module32, params = init_params(tiny_config())
   module16 = GPTDecoder(tiny_config(dtype="bfloat16"))
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(
-      module16.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), enable_dropout=False)["params"]))
+  assert all(
+    p.dtype == jnp.float32
+    for p in jax.tree.leaves(
+      module16.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), enable_dropout=False)["params"]
+    )
+  )
   tokens = jax.random.randint(jax.random.PRNGKey(10), (2, 8), 0, VOCAB)
   a, b = forward(module32, params, tokens), forward(module16, params, tokens)
   assert b.dtype == jnp.float32
@@ -365,8 +416,9 @@ def test_dropout_only_when_enabled_and_reproducible():
   module, params = init_params(tiny_config(dropout_rate=0.3))
   tokens = jnp.ones((2, 8), jnp.int32)
   det = forward(module, params, tokens)
-  run = lambda seed: module.apply({"params": params}, tokens, tokens, enable_dropout=True,
-                                  rngs={"dropout": jax.random.PRNGKey(seed)})
+  run = lambda seed: module.apply(
+    {"params": params}, tokens, tokens, enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(seed)}
+  )
   assert float(jnp.abs(run(0) - det).max()) > 1e-4
   np.testing.assert_array_equal(np.asarray(run(0)), np.asarray(run(0)))
 
@@ -392,7 +444,9 @@ def test_exact_gelu_option_changes_the_mlp():
 
 
 # ---------------------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("overrides,name", [
+@pytest.mark.parametrize(
+  "overrides,name",
+  [
     (dict(emb_dim=30, num_heads=4), "num_heads=4"),
     (dict(attention_impl="flash"), "attention_impl='flash'"),
     (dict(use_static_sgu=True, emb_dim=33, num_heads=3), "emb_dim=33"),
@@ -402,7 +456,8 @@ def test_exact_gelu_option_changes_the_mlp():
     (dict(dtype="float64"), "dtype='float64'"),
     (dict(remat_policy="some"), "remat_policy='some'"),
     (dict(attention_impl="cudnn", dropout_rate=0.1), "attention_dropout_rate"),
-])
+  ],
+)
 def test_bad_configuration_names_the_setting(overrides, name):
   with pytest.raises(ValueError) as err:
     tiny_config(**overrides)

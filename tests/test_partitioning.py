@@ -1,4 +1,5 @@
 """Mesh construction, logical axis rules, gin flag parsing and its error messages."""
+
 import os
 
 import gin
@@ -31,17 +32,27 @@ def test_mesh_shapes():
   assert partitioning.create_mesh((1, 1, 1)).devices.size == 1  # e.g. meshes/1gpu.gin on a bigger host
 
 
-@pytest.mark.parametrize("name,expected", [
+@pytest.mark.parametrize(
+  "name,expected",
+  [
     ("data_parallel", {("vocab", "embed"): P(None, None), ("embed", "mlp"): P(None, None)}),
     ("fsdp", {("vocab", "embed"): P(None, "fsdp"), ("embed", "mlp"): P("fsdp", None), ("mlp",): P("fsdp")}),
-    ("tensor_parallel", {("vocab", "embed"): P("tensor", None), ("embed", "mlp"): P(None, "tensor"),
-                         ("embed", "stack", "joined_kv"): P(None, None, "tensor"),
-                         ("joined_kv", "embed"): P("tensor", None)}),
+    (
+      "tensor_parallel",
+      {
+        ("vocab", "embed"): P("tensor", None),
+        ("embed", "mlp"): P(None, "tensor"),
+        ("embed", "stack", "joined_kv"): P(None, None, "tensor"),
+        ("joined_kv", "embed"): P("tensor", None),
+      },
+    ),
     ("fsdp_tensor_parallel", {("vocab", "embed"): P("tensor", "fsdp"), ("embed", "mlp"): P("fsdp", "tensor")}),
-])
+  ],
+)
 def test_gin_partitioning_rules(name, expected):
   rules = _rules(name)
   import flax.linen as nn
+
   for logical, spec in expected.items():
     assert nn.logical_to_mesh_axes(logical, rules) == spec, (name, logical)
   # Activations: batch always over (data, fsdp); embed never reuses fsdp within the same spec.
@@ -56,8 +67,12 @@ def test_all_gin_files_parse():
 
 
 def test_rewrite_gin_args():
-  assert gin_flags.rewrite_gin_args(["prog", "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS", "5", "--gin_file=a"]) \
-      == ["prog", "--gin_bindings=MODEL_DIR = '/tmp/x'", "--gin_bindings=TRAIN_STEPS = 5", "--gin_file=a"]
+  assert gin_flags.rewrite_gin_args(["prog", "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS", "5", "--gin_file=a"]) == [
+    "prog",
+    "--gin_bindings=MODEL_DIR = '/tmp/x'",
+    "--gin_bindings=TRAIN_STEPS = 5",
+    "--gin_file=a",
+  ]
 
 
 def test_unknown_macro_is_named():
@@ -80,9 +95,13 @@ def test_unknown_preset_is_named():
 
 def test_missing_required_macro_is_named():
   from gpt_plugin.training import train_lib
-  gin_flags.parse_gin(["runs/pretrain.gin"], ["MODEL = None", "TRAIN_STEPS = 3", "MIXTURE_OR_TASK_NAME = 'x'",
-                                               "TASK_FEATURE_LENGTHS = {'targets': 8}"], finalize=False,
-                      allow_new_macros=("MODEL",))
+
+  gin_flags.parse_gin(
+    ["runs/pretrain.gin"],
+    ["MODEL = None", "TRAIN_STEPS = 3", "MIXTURE_OR_TASK_NAME = 'x'", "TASK_FEATURE_LENGTHS = {'targets': 8}"],
+    finalize=False,
+    allow_new_macros=("MODEL",),
+  )
   try:
     with pytest.raises(Exception, match="MODEL_DIR"):
       gin.get_configurable(train_lib.train)()
@@ -91,9 +110,12 @@ def test_missing_required_macro_is_named():
 
 
 def test_weight_decay_mask_and_schedule():
-  params = {"token_embedder": {"embedding": np.zeros((10, 4))}, "position_embedder": {"embedding": np.zeros((8, 4))},
-            "layers_0": {"mlp": {"wi": {"kernel": np.zeros((4, 8)), "bias": np.zeros(8)}}},
-            "final_norm": {"scale": np.zeros(4)}}
+  params = {
+    "token_embedder": {"embedding": np.zeros((10, 4))},
+    "position_embedder": {"embedding": np.zeros((8, 4))},
+    "layers_0": {"mlp": {"wi": {"kernel": np.zeros((4, 8)), "bias": np.zeros(8)}}},
+    "final_norm": {"scale": np.zeros(4)},
+  }
   mask = optimizer.default_weight_decay_mask(params)
   assert mask["token_embedder"]["embedding"] and mask["layers_0"]["mlp"]["wi"]["kernel"]
   assert not mask["position_embedder"]["embedding"] and not mask["layers_0"]["mlp"]["wi"]["bias"]

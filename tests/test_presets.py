@@ -1,4 +1,5 @@
 """Model presets (gin/models) and feature switches (gin/features): parameter counts and composition."""
+
 import pathlib
 
 import gin
@@ -12,9 +13,20 @@ GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
 # original-project.md §2.1 (millions; the original's own arithmetic for its Flax module) and GPT-2 sizes.
 EXPECTED_MILLIONS = {
-    "qa": 6.8, "small": 3.3, "base": 123.7, "medium": 303.4, "large": 587.2, "xl": 757.2, "xxl": 1097.2,
-    "littlegpt_127m": 127.08, "littlegpt_303m": 303.90, "littlegpt_1b": 1009.41,
-    "gpt2_124m": 124.5, "gpt2_355m": 354.9, "gpt2_774m": 774.1, "gpt2_1558m": 1557.7,  # vocab padded to 50304
+  "qa": 6.8,
+  "small": 3.3,
+  "base": 123.7,
+  "medium": 303.4,
+  "large": 587.2,
+  "xl": 757.2,
+  "xxl": 1097.2,
+  "littlegpt_127m": 127.08,
+  "littlegpt_303m": 303.90,
+  "littlegpt_1b": 1009.41,
+  "gpt2_124m": 124.5,
+  "gpt2_355m": 354.9,
+  "gpt2_774m": 774.1,
+  "gpt2_1558m": 1557.7,  # vocab padded to 50304
 }
 
 
@@ -31,8 +43,9 @@ def test_preset_parameter_count_matches_the_table(preset):
   config = model.module.config
   assert config.num_params() / 1e6 == pytest.approx(EXPECTED_MILLIONS[preset], abs=0.06)
   # The analytic count equals what the module actually creates (shapes only; nothing is allocated).
-  shapes = jax.eval_shape(lambda: model.get_initial_variables(
-      jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))["params"]
+  shapes = jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))[
+    "params"
+  ]
   assert sum(x.size for x in jax.tree.leaves(shapes)) == config.num_params()
 
 

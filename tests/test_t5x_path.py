@@ -4,6 +4,7 @@
 Skipped (with the reason) when t5x is not importable. To run: put the t5x, airio and jestimator sources on
 PYTHONPATH and install tensorboard grain fiddle cached_property jaxtyping (README.md, "The real T5X path").
 """
+
 import importlib.util
 import json
 import os
@@ -49,17 +50,24 @@ def prefix_batch(prompts, total):
   tokens = np.zeros((len(prompts), total), np.int32)
   causal = np.zeros((len(prompts), total), np.int32)
   for b, p in enumerate(prompts):
-    tokens[b, 1:len(p) + 1] = p
-    causal[b, :len(p) + 1] = 1
-  return {"decoder_input_tokens": jnp.asarray(tokens), "decoder_target_tokens": jnp.asarray(tokens),
-          "decoder_causal_attention": jnp.asarray(causal), "decoder_loss_weights": jnp.asarray(tokens > 0)}
+    tokens[b, 1 : len(p) + 1] = p
+    causal[b, : len(p) + 1] = 1
+  return {
+    "decoder_input_tokens": jnp.asarray(tokens),
+    "decoder_target_tokens": jnp.asarray(tokens),
+    "decoder_causal_attention": jnp.asarray(causal),
+    "decoder_loss_weights": jnp.asarray(tokens > 0),
+  }
 
 
 PROMPTS = [[5, 7, 9], [3, 4, 5, 6, 7, 8, 9]]
 
 
-@pytest.mark.parametrize("features", [dict(), dict(use_static_sgu=True, head_qk_trick=True, block_type="sequential"),
-                                      dict(scan_layers=True)], ids=["alibi-parallel", "sgu-headqk-seq", "scan"])
+@pytest.mark.parametrize(
+  "features",
+  [dict(), dict(use_static_sgu=True, head_qk_trick=True, block_type="sequential"), dict(scan_layers=True)],
+  ids=["alibi-parallel", "sgu-headqk-seq", "scan"],
+)
 def test_t5x_decoder_only_model_with_t5x_and_our_decoders(features):
   """t5x.models.DecoderOnlyModel runs our module; T5X's and our decoders give the same greedy and 1-beam output."""
   module, ours, params = tiny(**features)
@@ -70,27 +78,27 @@ def test_t5x_decoder_only_model_with_t5x_and_our_decoders(features):
 
   class _Vocab:  # DecoderOnlyModel reads output_vocabulary.eos_id
     eos_id = -1
+
   results = {}
   for name, fn in [("t5x_sample", t5x_decoding.temperature_sample), ("our_sample", decoding.temperature_sample)]:
     m = t5x_model(fn)
     m._output_vocabulary = _Vocab()  # pylint: disable=protected-access
-    results[name] = np.asarray(m.predict_batch_with_aux(
-        params, batch, decoder_params={"temperature": 0.0, "topk": 0})[0])
+    results[name] = np.asarray(
+      m.predict_batch_with_aux(params, batch, decoder_params={"temperature": 0.0, "topk": 0})[0]
+    )
   for name, fn in [("t5x_beam", t5x_decoding.beam_search), ("our_beam", decoding.beam_search)]:
     m = t5x_model(fn)
     m._output_vocabulary = _Vocab()  # pylint: disable=protected-access
-    results[name] = np.asarray(m.predict_batch_with_aux(params, batch, num_decodes=1,
-                                                        decoder_params={"alpha": 0.0})[0])
+    results[name] = np.asarray(m.predict_batch_with_aux(params, batch, num_decodes=1, decoder_params={"alpha": 0.0})[0])
   greedy = generate.Generator(ours, params).generate(PROMPTS, max_length=20, eos_id=-1)
   for b, p in enumerate(PROMPTS):
-    want = greedy[b, len(p):]
+    want = greedy[b, len(p) :]
     for name, got in results.items():
-      np.testing.assert_array_equal(got[b, :len(want)], want, err_msg=name)
+      np.testing.assert_array_equal(got[b, : len(want)], want, err_msg=name)
   # T5X's loss on our module equals ours (T5X sums; ours averages over the weighted tokens).
   t5x_loss, _ = t5x_model(None).loss_fn(params, batch, None)
   our_loss, _ = ours.loss_fn(params, batch, None)
-  np.testing.assert_allclose(float(t5x_loss) / float(batch["decoder_loss_weights"].sum()), float(our_loss),
-                             rtol=1e-4)
+  np.testing.assert_allclose(float(t5x_loss) / float(batch["decoder_loss_weights"].sum()), float(our_loss), rtol=1e-4)
 
 
 def test_same_arguments_drive_both_decoders():
@@ -100,8 +108,18 @@ def test_same_arguments_drive_both_decoders():
   batch = prefix_batch(PROMPTS, total)
   inputs = batch["decoder_input_tokens"] * batch["decoder_causal_attention"]
   lengths = jnp.sum(batch["decoder_causal_attention"], axis=1) - 1
-  kw = dict(eos_id=-1, decode_rng=jax.random.PRNGKey(0), num_decodes=3, temperature=0.0, topk=0, topp=0.0,
-            cache_offset=0, initial_index=lengths, max_decode_steps=6, rescale_log_probs=False)
+  kw = dict(
+    eos_id=-1,
+    decode_rng=jax.random.PRNGKey(0),
+    num_decodes=3,
+    temperature=0.0,
+    topk=0,
+    topp=0.0,
+    cache_offset=0,
+    initial_index=lengths,
+    max_decode_steps=6,
+    rescale_log_probs=False,
+  )
   outs = []
   for fn in (t5x_decoding.temperature_sample, decoding.temperature_sample):
     cache = ours.init_cache(params, 2, total)
@@ -125,26 +143,50 @@ def test_t5x_train_infer_and_checkpoints_both_ways(tmp_path):
   """python -m t5x.train / t5x.infer with gin/t5x, T5X checkpoint -> our loader, ours -> T5X infer."""
   tiny_arch = ["--gin.network.GPTConfig.emb_dim=32", "--gin.network.GPTConfig.num_layers=2"]
   model_dir = tmp_path / "t5x_model"
-  _run(["-m", "t5x.train", f"--gin_search_paths={REPO}/gin", "--gin_file=t5x/pretrain_quickstart.gin",
-        f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1", "--gin.BATCH_SIZE=4",
-        "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.CHECKPOINT_PERIOD=4", "--gin.EVAL_PERIOD=4"]
-       + tiny_arch)
+  _run(
+    [
+      "-m",
+      "t5x.train",
+      f"--gin_search_paths={REPO}/gin",
+      "--gin_file=t5x/pretrain_quickstart.gin",
+      f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.TRAIN_STEPS=4",
+      "--gin.WARMUP_STEPS=1",
+      "--gin.BATCH_SIZE=4",
+      "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
+      "--gin.CHECKPOINT_PERIOD=4",
+      "--gin.EVAL_PERIOD=4",
+    ]
+    + tiny_arch
+  )
   assert (model_dir / "checkpoint_4" / "state").is_dir()
-  infer_common = [f"--gin_search_paths={REPO}/gin", "--gin_file=t5x/infer_quickstart.gin",
-                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}"] + tiny_arch
+  infer_common = [
+    f"--gin_search_paths={REPO}/gin",
+    "--gin_file=t5x/infer_quickstart.gin",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
+  ] + tiny_arch
   for extra, out in (([], "sample"), (["--gin_file=t5x/beam_search.gin"], "beam")):
-    _run(["-m", "t5x.infer"] + infer_common[:2] + extra + infer_common[2:] + [
-        f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_4'}'", f"--gin.INFER_OUTPUT_DIR='{tmp_path / out}'"])
+    _run(
+      ["-m", "t5x.infer"]
+      + infer_common[:2]
+      + extra
+      + infer_common[2:]
+      + [f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_4'}'", f"--gin.INFER_OUTPUT_DIR='{tmp_path / out}'"]
+    )
     lines = open(tmp_path / out / "pydocs_prompts-predict.jsonl-00000-of-00001").readlines()
     assert lines and "prediction" in json.loads(lines[0])
   # T5X checkpoint -> our runners' loader.
   import tasks  # pylint: disable=import-outside-toplevel
+
   module = GPTDecoder(GPTConfig(vocab_size=8192, emb_dim=32, num_heads=4, num_layers=2))
   ours = models.DecoderOnlyLM(module, vocabulary=tasks.pydocs_vocabulary())
   params = params_io.load_model_params(str(model_dir), ours)
   # Ours -> T5X layout -> t5x.infer.
   step_dir = t5x_compat.to_t5x_checkpoint(str(model_dir / "checkpoint_4"), str(tmp_path / "roundtrip"), step=7)
   jax.tree.map(np.testing.assert_array_equal, params_io.load_model_params(step_dir, ours), params)
-  _run(["-m", "t5x.infer"] + infer_common + [f"--gin.CHECKPOINT_PATH='{step_dir}'",
-                                             f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ours'}'"])
+  _run(
+    ["-m", "t5x.infer"]
+    + infer_common
+    + [f"--gin.CHECKPOINT_PATH='{step_dir}'", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ours'}'"]
+  )
   assert (tmp_path / "ours" / "pydocs_prompts-predict.jsonl-00000-of-00001").exists()

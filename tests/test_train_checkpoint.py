@@ -1,5 +1,6 @@
 """Resume exactness, restore onto another mesh, params export, shape-mismatch and NaN handling (the real tiny
 `DecoderOnlyLM`; the resume test reads real tar shards through `gpt_plugin.data.pipeline.get_dataset`)."""
+
 import json
 import os
 
@@ -10,8 +11,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gpt_plugin.training import checkpointing, train_lib
-from train_helpers import (PoisonLM, host_params, losses, poison_dataset_fn, register_shard_task, run_train,
-                           tiny_lm, write_token_shards)
+from train_helpers import (
+  PoisonLM,
+  host_params,
+  losses,
+  poison_dataset_fn,
+  register_shard_task,
+  run_train,
+  tiny_lm,
+  write_token_shards,
+)
 
 
 def _tree_equal(a, b):
@@ -52,8 +61,7 @@ def test_restore_on_different_mesh_and_export(tmp_path):
   np.testing.assert_allclose(losses(one), losses(ref)[4:], rtol=1e-5)
   out = checkpointing.export_params(str(tmp_path), str(tmp_path / "export"))
   restored = ocp.StandardCheckpointer().restore(os.path.join(out, "params"))
-  _tree_equal(flax.core.unfreeze(jax.tree.map(np.asarray, restored["params"])),
-              flax.core.unfreeze(host_params(one)))
+  _tree_equal(flax.core.unfreeze(jax.tree.map(np.asarray, restored["params"])), flax.core.unfreeze(host_params(one)))
   assert os.path.getsize(os.path.join(out, "params.msgpack")) > 0
   assert eight["step"] == 4
 
@@ -62,8 +70,11 @@ def test_different_model_shape_is_refused(tmp_path):
   run_train(tmp_path, steps=2)
   before = sorted(os.listdir(tmp_path))
   mtimes = {p: os.path.getmtime(tmp_path / p) for p in before}
-  with pytest.raises(checkpointing.ShapeMismatchError, match=r"wrong shape: token_embedder/embedding: \(256, 64\), "
-                     r"model expects \(384, 64\)$"):
+  with pytest.raises(
+    checkpointing.ShapeMismatchError,
+    match=r"wrong shape: token_embedder/embedding: \(256, 64\), "
+    r"model expects \(384, 64\)$",
+  ):
     run_train(tmp_path, steps=4, model=tiny_lm(vocab_size=384))
   assert sorted(os.listdir(tmp_path)) == before
   assert {p: os.path.getmtime(tmp_path / p) for p in before} == mtimes
@@ -72,8 +83,14 @@ def test_different_model_shape_is_refused(tmp_path):
 def test_nan_steps_are_skipped_then_run_stops(tmp_path):
   # Batches from index 6 on produce a NaN loss: steps 7.. are not applied; after 3 in a row the run stops.
   with pytest.raises(train_lib.NonFiniteLossError, match="3 consecutive steps"):
-    run_train(tmp_path, steps=20, checkpoint_period=5, model=PoisonLM(), dataset_fn=poison_dataset_fn(6),
-              max_consecutive_bad_steps=3)
+    run_train(
+      tmp_path,
+      steps=20,
+      checkpoint_period=5,
+      model=PoisonLM(),
+      dataset_fn=poison_dataset_fn(6),
+      max_consecutive_bad_steps=3,
+    )
   mgr = checkpointing.Checkpointer(str(tmp_path), read_only=True)
   assert mgr.latest_step() == 5
   # The checkpoint is intact and finite; resuming with clean data works.
@@ -93,8 +110,9 @@ def test_single_nan_step_is_not_applied(tmp_path):
 
   def ds(name, fl, split, bs, **kw):
     kw.pop("feature_converter_cls", None)
-    return OneBad(bs, fl["targets"], 256, kw["seed"], split, kw["process_index"], kw["process_count"],
-                  kw["state"], kw["num_epochs"])
+    return OneBad(
+      bs, fl["targets"], 256, kw["seed"], split, kw["process_index"], kw["process_count"], kw["state"], kw["num_epochs"]
+    )
 
   res = run_train(tmp_path, steps=5, model=PoisonLM(), dataset_fn=ds)
   finite = [h["finite"] for h in res["history"]]
@@ -106,6 +124,7 @@ def test_warm_start_from_exported_params(tmp_path):
   import jax.numpy as jnp
   from gpt_plugin.convert import load_params
   from train_helpers import SyntheticIterator
+
   src = run_train(tmp_path / "src", steps=3)
   out = checkpointing.export_params(str(tmp_path / "src"), str(tmp_path / "export"))
   # A new run from the exported params: step 1's loss (computed before its update) is the exported model's loss
@@ -120,7 +139,10 @@ def test_warm_start_from_exported_params(tmp_path):
   assert warm["step"] == 2 and [h["step"] for h in warm["history"]] == [1, 2]
 
   # Wrong model: the error names the mismatching params; nothing is trained.
-  with pytest.raises(train_lib.InitParamsMismatchError, match=r"wrong shape: token_embedder/embedding: \(256, 64\), "
-                     r"model expects \(384, 64\)"):
+  with pytest.raises(
+    train_lib.InitParamsMismatchError,
+    match=r"wrong shape: token_embedder/embedding: \(256, 64\), "
+    r"model expects \(384, 64\)",
+  ):
     run_train(tmp_path / "bad", steps=1, model=tiny_lm(vocab_size=384), init_params_from=out)
   assert not checkpointing.Checkpointer(str(tmp_path / "bad"), read_only=True).latest_step()

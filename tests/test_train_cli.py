@@ -1,4 +1,5 @@
 """`python -m gpt_plugin.train` end to end (stand-in model via tests/train_test.gin), error exits, kill -9."""
+
 import os
 import re
 import signal
@@ -18,33 +19,46 @@ def _env():
 
 
 def _cmd(model_dir, *extra):
-  return [sys.executable, "-m", "gpt_plugin.train", "--gin_file=train_test.gin",
-          f'--gin.MODEL_DIR="{model_dir}"', *extra]
+  return [
+    sys.executable,
+    "-m",
+    "gpt_plugin.train",
+    "--gin_file=train_test.gin",
+    f'--gin.MODEL_DIR="{model_dir}"',
+    *extra,
+  ]
 
 
 def test_cli_trains_logs_and_resumes(tmp_path):
   md = tmp_path / "run"
-  r = subprocess.run(_cmd(md, "--gin_file=partitioning/fsdp.gin"), cwd=HERE, env=_env(), capture_output=True,
-                     text=True, timeout=300)
+  r = subprocess.run(
+    _cmd(md, "--gin_file=partitioning/fsdp.gin"), cwd=HERE, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   lines = [l for l in r.stdout.splitlines() if l.startswith("step ")]
-  assert re.match(r"step 3/12 loss [\d.]+ ppl [\d.]+ lr [\d.e+-]+ gnorm [\d.]+ tok/s \S+ mfu [\d.]+% step [\d.]+s",
-                  lines[0]), lines[0]
+  assert re.match(
+    r"step 3/12 loss [\d.]+ ppl [\d.]+ lr [\d.e+-]+ gnorm [\d.]+ tok/s \S+ mfu [\d.]+% step [\d.]+s", lines[0]
+  ), lines[0]
   assert any(l.startswith("eval step 6") for l in r.stdout.splitlines())
-  assert sorted(p for p in os.listdir(md) if p.startswith("checkpoint_")) == ["checkpoint_10", "checkpoint_12",
-                                                                              "checkpoint_5"]
+  assert sorted(p for p in os.listdir(md) if p.startswith("checkpoint_")) == [
+    "checkpoint_10",
+    "checkpoint_12",
+    "checkpoint_5",
+  ]
   assert os.listdir(md / "train") and os.listdir(md / "training_eval")  # TensorBoard event files
   assert (md / "config.gin").exists()
   # Same command with more steps resumes at 12.
-  r = subprocess.run(_cmd(md, "--gin.TRAIN_STEPS=14"), cwd=HERE, env=_env(), capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    _cmd(md, "--gin.TRAIN_STEPS=14"), cwd=HERE, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "restored" in r.stdout and "checkpoint_12" in r.stdout
 
 
 def test_cli_misspelled_binding_is_named(tmp_path):
-  r = subprocess.run(_cmd(tmp_path, "--gin.TRAIN_STEPZ=3"), cwd=HERE, env=_env(), capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    _cmd(tmp_path, "--gin.TRAIN_STEPZ=3"), cwd=HERE, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert r.returncode != 0 and "TRAIN_STEPZ" in r.stderr
   assert not os.listdir(tmp_path)
 
@@ -65,9 +79,20 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     p.wait()
   complete = sorted(int(d.split("_")[1]) for d in os.listdir(md) if re.fullmatch(r"checkpoint_\d+", d))
   assert complete, os.listdir(md)
-  r = subprocess.run(cmd[:-3] + ["--gin.TRAIN_STEPS=%d" % (complete[-1] + 4), "--gin.CHECKPOINT_PERIOD=2",
-                                 "--gin.EVAL_PERIOD=0", "--gin.LOG_PERIOD=1"],
-                     cwd=HERE, env=_env(), capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    cmd[:-3]
+    + [
+      "--gin.TRAIN_STEPS=%d" % (complete[-1] + 4),
+      "--gin.CHECKPOINT_PERIOD=2",
+      "--gin.EVAL_PERIOD=0",
+      "--gin.LOG_PERIOD=1",
+    ],
+    cwd=HERE,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   m = re.search(r"restored \S+/checkpoint_(\d+)", r.stdout)
   assert m and int(m.group(1)) >= complete[-1] - 2, r.stdout  # at most one save interval lost

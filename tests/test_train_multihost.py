@@ -1,5 +1,6 @@
 """Multi-host for real: 2 processes on localhost (jax.distributed + gloo), 4 simulated CPU devices each, the
 real tiny model, each process reading its own tar shards through `gpt_plugin.data.pipeline.get_dataset`."""
+
 import json
 import os
 import socket
@@ -9,8 +10,14 @@ import sys
 import jax
 import numpy as np
 
-from train_helpers import (as_if_processes_dataset_fn, host_params, losses, register_shard_task, run_train,
-                           write_token_shards)
+from train_helpers import (
+  as_if_processes_dataset_fn,
+  host_params,
+  losses,
+  register_shard_task,
+  run_train,
+  write_token_shards,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASK = "multihost_test_shards"
@@ -29,9 +36,26 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE), env.get("PYTHONPATH", "")])
   env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(i), "2", str(port),
-                             str(model_dir), str(tmp_path / f"out{i}.json"), TASK, *shards], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(HERE, "multihost_worker.py"),
+        str(i),
+        "2",
+        str(port),
+        str(model_dir),
+        str(tmp_path / f"out{i}.json"),
+        TASK,
+        *shards,
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = []
   for p in procs:
     try:
@@ -62,5 +86,4 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
   cont = run_train(model_dir, steps=7, num_devices=1, task=TASK, dataset_fn=as_if_processes_dataset_fn(2, states))
   assert [h["step"] for h in cont["history"]] == [6, 7]
   np.testing.assert_allclose(losses(cont), losses(ref)[5:], rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), host_params(cont),
-               host_params(ref))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), host_params(cont), host_params(ref))

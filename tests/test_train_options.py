@@ -1,4 +1,5 @@
 """Training options: staged sequence-length warmup and dynamic loss scaling (fp16)."""
+
 import jax
 import numpy as np
 import pytest
@@ -8,8 +9,7 @@ from train_helpers import SyntheticIterator, host_params, losses, run_train, tin
 
 
 def test_reshape_for_context_splits_rows_and_keeps_every_token():
-  batch = {"decoder_input_tokens": np.arange(32).reshape(2, 16),
-           "decoder_positions": np.tile(np.arange(16), (2, 1))}
+  batch = {"decoder_input_tokens": np.arange(32).reshape(2, 16), "decoder_positions": np.tile(np.arange(16), (2, 1))}
   out = train_lib.reshape_for_context(batch, 8)
   assert out["decoder_input_tokens"].shape == (4, 8)
   np.testing.assert_array_equal(out["decoder_input_tokens"].reshape(-1), np.arange(32))
@@ -38,8 +38,9 @@ def test_staged_warmup_trains_the_first_steps_at_the_short_context(tmp_path):
 
 def test_dynamic_loss_scale_grows_and_leaves_updates_unchanged(tmp_path):
   plain = run_train(tmp_path / "plain", steps=5)
-  scaled = run_train(tmp_path / "scaled", steps=5, dynamic_loss_scale=True, initial_loss_scale=2.0 ** 10,
-                     loss_scale_growth_interval=2)
+  scaled = run_train(
+    tmp_path / "scaled", steps=5, dynamic_loss_scale=True, initial_loss_scale=2.0**10, loss_scale_growth_interval=2
+  )
   assert [h["loss_scale"] for h in scaled["history"]] == [1024.0, 1024.0, 2048.0, 2048.0, 4096.0]
   np.testing.assert_allclose(losses(scaled), losses(plain), rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), host_params(scaled), host_params(plain))

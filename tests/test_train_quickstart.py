@@ -1,4 +1,5 @@
 """The quickstart run (real model, bundled pydocs corpus) for a few steps, through gin, in-process."""
+
 import os
 
 import gin
@@ -9,10 +10,20 @@ from gpt_plugin.training import gin_flags, train_lib
 
 def test_quickstart_runs_a_few_steps(tmp_path):
   md = tmp_path / "qs"
-  gin_flags.parse_gin(["runs/quickstart.gin"], [f"MODEL_DIR = '{md}'", "TRAIN_STEPS = 4", "BATCH_SIZE = 8",
-                                                "EVAL_PERIOD = 4", "EVAL_STEPS = 1", "LOG_PERIOD = 2",
-                                                "CHECKPOINT_PERIOD = 2", "MESH_SHAPE = (1, 1, 1)",
-                                                "train_lib.train.sample_length = 6"])
+  gin_flags.parse_gin(
+    ["runs/quickstart.gin"],
+    [
+      f"MODEL_DIR = '{md}'",
+      "TRAIN_STEPS = 4",
+      "BATCH_SIZE = 8",
+      "EVAL_PERIOD = 4",
+      "EVAL_STEPS = 1",
+      "LOG_PERIOD = 2",
+      "CHECKPOINT_PERIOD = 2",
+      "MESH_SHAPE = (1, 1, 1)",
+      "train_lib.train.sample_length = 6",
+    ],
+  )
   try:
     res = train_lib.run_from_gin()
   finally:

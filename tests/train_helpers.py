@@ -9,6 +9,7 @@
   `register_shard_task`).
 * `PoisonLM`: the real model whose loss turns NaN on flagged batches (NaN-handling tests).
 """
+
 import functools
 import os
 from typing import Optional
@@ -25,8 +26,16 @@ EOS_ID = 1
 
 
 def tiny_config(**overrides) -> network.GPTConfig:
-  kw = dict(vocab_size=VOCAB, emb_dim=64, num_heads=4, num_layers=2, mlp_dim=128, dtype="float32",
-            position_embedding="alibi", block_type="parallel")
+  kw = dict(
+    vocab_size=VOCAB,
+    emb_dim=64,
+    num_heads=4,
+    num_layers=2,
+    mlp_dim=128,
+    dtype="float32",
+    position_embedding="alibi",
+    block_type="parallel",
+  )
   kw.update(overrides)
   return network.GPTConfig(**kw)
 
@@ -40,8 +49,9 @@ class TinyLM(models.DecoderOnlyLM):
   """Kept for tests/train_test.gin: `TinyLM()` == `tiny_lm()` (real model), configurable from gin."""
 
   def __init__(self, **overrides):
-    super().__init__(network.GPTDecoder(tiny_config(**overrides)),
-                     vocabulary=seqio.PassThroughVocabulary(VOCAB, eos_id=EOS_ID))
+    super().__init__(
+      network.GPTDecoder(tiny_config(**overrides)), vocabulary=seqio.PassThroughVocabulary(VOCAB, eos_id=EOS_ID)
+    )
 
 
 class SyntheticIterator:
@@ -49,8 +59,18 @@ class SyntheticIterator:
   Sequences are noisy arithmetic progressions mod vocab (learnable); every third row is partly padding
   (weights 0), so microbatches hold different numbers of real tokens."""
 
-  def __init__(self, batch_size, length, vocab_size=VOCAB, seed=0, split="train", process_index=0,
-               process_count=1, state=None, num_epochs=None):
+  def __init__(
+    self,
+    batch_size,
+    length,
+    vocab_size=VOCAB,
+    seed=0,
+    split="train",
+    process_index=0,
+    process_count=1,
+    state=None,
+    num_epochs=None,
+  ):
     self.b, self.L, self.V, self.seed = batch_size, length, vocab_size, seed
     self.split = split
     self.p, self.P = process_index, process_count
@@ -86,15 +106,34 @@ class SyntheticIterator:
     seq = np.stack(rows).astype(np.int32)
     self.pos += 1
     w = np.stack(weights)
-    return {"decoder_input_tokens": seq[:, :-1] * (w > 0), "decoder_target_tokens": seq[:, 1:] * (w > 0),
-            "decoder_loss_weights": w}
+    return {
+      "decoder_input_tokens": seq[:, :-1] * (w > 0),
+      "decoder_target_tokens": seq[:, 1:] * (w > 0),
+      "decoder_loss_weights": w,
+    }
 
 
 def synthetic_dataset_fn(vocab_size=VOCAB):
-  def fn(name, feature_lengths, split, batch_size, *, shuffle=True, seed=0, pack=True, use_cached=False,
-         process_index=0, process_count=1, num_epochs=None, feature_converter_cls=None, state=None):
-    return SyntheticIterator(batch_size, feature_lengths["targets"], vocab_size, seed, split, process_index,
-                             process_count, state, num_epochs)
+  def fn(
+    name,
+    feature_lengths,
+    split,
+    batch_size,
+    *,
+    shuffle=True,
+    seed=0,
+    pack=True,
+    use_cached=False,
+    process_index=0,
+    process_count=1,
+    num_epochs=None,
+    feature_converter_cls=None,
+    state=None,
+  ):
+    return SyntheticIterator(
+      batch_size, feature_lengths["targets"], vocab_size, seed, split, process_index, process_count, state, num_epochs
+    )
+
   return fn
 
 
@@ -125,10 +164,35 @@ class PoisonLM(models.DecoderOnlyLM):
 
 
 def poison_dataset_fn(poison_from):
-  def fn(name, feature_lengths, split, batch_size, *, shuffle=True, seed=0, pack=True, use_cached=False,
-         process_index=0, process_count=1, num_epochs=None, feature_converter_cls=None, state=None):
-    return PoisonIterator(batch_size, feature_lengths["targets"], VOCAB, seed, split, process_index,
-                          process_count, state, num_epochs, poison_from=poison_from if split == "train" else None)
+  def fn(
+    name,
+    feature_lengths,
+    split,
+    batch_size,
+    *,
+    shuffle=True,
+    seed=0,
+    pack=True,
+    use_cached=False,
+    process_index=0,
+    process_count=1,
+    num_epochs=None,
+    feature_converter_cls=None,
+    state=None,
+  ):
+    return PoisonIterator(
+      batch_size,
+      feature_lengths["targets"],
+      VOCAB,
+      seed,
+      split,
+      process_index,
+      process_count,
+      state,
+      num_epochs,
+      poison_from=poison_from if split == "train" else None,
+    )
+
   return fn
 
 
@@ -137,8 +201,10 @@ def write_token_shards(directory, num_shards=4, docs_per_shard=24, seed=0, prefi
   """Writes `num_shards` webdataset tar shards of `.npy` token documents (ids in [2, VOCAB), EOS = 1 appended by
   the documents themselves) with tests/fixtures/data/shardgen.py; returns their paths."""
   import sys
+
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "data"))
   import shardgen  # pylint: disable=import-outside-toplevel
+
   os.makedirs(directory, exist_ok=True)
   paths = []
   for s in range(num_shards):
@@ -155,9 +221,14 @@ def write_token_shards(directory, num_shards=4, docs_per_shard=24, seed=0, prefi
 
 def register_shard_task(name, train_paths, validation_paths=None):
   from gpt_plugin.data import tasks_lib  # pylint: disable=import-outside-toplevel
-  tasks_lib.register_tar_shard_task(name, train_shards=list(train_paths),
-                                    validation_shards=list(validation_paths) if validation_paths else None,
-                                    vocab_size=VOCAB, eos_id=EOS_ID)
+
+  tasks_lib.register_tar_shard_task(
+    name,
+    train_shards=list(train_paths),
+    validation_shards=list(validation_paths) if validation_paths else None,
+    vocab_size=VOCAB,
+    eos_id=EOS_ID,
+  )
   return name
 
 
@@ -194,30 +265,65 @@ def as_if_processes_dataset_fn(process_count, states=None):
     assert process_index == 0 and process_count == 1, "for single-process runs"
     per = batch_size // n_proc
     sts = states or (state or {}).get("processes") or [None] * n_proc
-    return MergedProcessesIterator([
-        pipeline.get_dataset(name, feature_lengths, split, per, process_index=i, process_count=n_proc,
-                             state=sts[i], **kw) for i in range(n_proc)])
+    return MergedProcessesIterator(
+      [
+        pipeline.get_dataset(
+          name, feature_lengths, split, per, process_index=i, process_count=n_proc, state=sts[i], **kw
+        )
+        for i in range(n_proc)
+      ]
+    )
+
   return fn
 
 
 # ------------------------------------------------------------------------------------------------ runner
-def run_train(model_dir, *, steps=5, mesh_shape=(1, 1, 1), num_devices=1, param_rules=(), batch_size=8,
-              num_microbatches=1, model=None, dataset_fn=None, lr=1e-2, eval_period=0, checkpoint_period=1000,
-              stop_at_step=None, task="synthetic", length=16, **kwargs):
+def run_train(
+  model_dir,
+  *,
+  steps=5,
+  mesh_shape=(1, 1, 1),
+  num_devices=1,
+  param_rules=(),
+  batch_size=8,
+  num_microbatches=1,
+  model=None,
+  dataset_fn=None,
+  lr=1e-2,
+  eval_period=0,
+  checkpoint_period=1000,
+  stop_at_step=None,
+  task="synthetic",
+  length=16,
+  **kwargs,
+):
   """In-process training of the tiny real model on a chosen mesh; returns train_lib.train's result."""
   from gpt_plugin import partitioning
   from gpt_plugin.training import optimizer, train_lib
+
   cfg = train_lib.DatasetConfig(task, {"targets": length}, "train", batch_size)
   ev = train_lib.DatasetConfig(task, {"targets": length}, "validation", batch_size)
   devices = jax.devices()[:num_devices]
   return train_lib.train(
-      model=model or tiny_lm(), model_dir=str(model_dir), train_dataset_cfg=cfg, train_eval_dataset_cfg=ev,
-      total_steps=steps, dataset_fn=dataset_fn or synthetic_dataset_fn(),
-      learning_rate_fn=optimizer.warmup_cosine_schedule(lr, 2, 40), num_microbatches=num_microbatches,
-      mesh_fn=functools.partial(partitioning.create_mesh, mesh_shape, devices=devices),
-      logical_axis_rules=partitioning.logical_axis_rules(list(param_rules)), eval_period=eval_period,
-      eval_steps=2, checkpoint_period=checkpoint_period, stop_at_step=stop_at_step, console=False,
-      write_summaries=False, log_period=5, **kwargs)
+    model=model or tiny_lm(),
+    model_dir=str(model_dir),
+    train_dataset_cfg=cfg,
+    train_eval_dataset_cfg=ev,
+    total_steps=steps,
+    dataset_fn=dataset_fn or synthetic_dataset_fn(),
+    learning_rate_fn=optimizer.warmup_cosine_schedule(lr, 2, 40),
+    num_microbatches=num_microbatches,
+    mesh_fn=functools.partial(partitioning.create_mesh, mesh_shape, devices=devices),
+    logical_axis_rules=partitioning.logical_axis_rules(list(param_rules)),
+    eval_period=eval_period,
+    eval_steps=2,
+    checkpoint_period=checkpoint_period,
+    stop_at_step=stop_at_step,
+    console=False,
+    write_summaries=False,
+    log_period=5,
+    **kwargs,
+  )
 
 
 def losses(result):

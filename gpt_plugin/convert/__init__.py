@@ -12,17 +12,50 @@ Modules:
 Reading and writing params (OUT/params, MODEL_DIR and T5X checkpoints, .msgpack) and checking them against a model
 live in `gpt_plugin.params_io` (shared with the inference runners); `load_params` / `save_params` are re-exported.
 """
+
 from gpt_plugin import params_io  # noqa: F401  (`from gpt_plugin.convert import params_io` keeps working)
 from gpt_plugin.convert.averaging import average_checkpoints, average_trees
 from gpt_plugin.convert.depth_expansion import depth_map, expand_depth, inverse_map
-from gpt_plugin.convert.littlegpt import (LITTLEGPT_VOCAB_SIZE, ConversionError, check_params, dequantize_8bit,
-                                          dequantize_blockwise, from_torch, infer_config, to_torch)
-from gpt_plugin.torch_archive import (TorchFileCorruptError, TorchFileError, UnsafePickleError, load_pth,
-                                      read_state_dict, save_pth)
+from gpt_plugin.convert.littlegpt import (
+  LITTLEGPT_VOCAB_SIZE,
+  ConversionError,
+  check_params,
+  dequantize_8bit,
+  dequantize_blockwise,
+  from_torch,
+  infer_config,
+  to_torch,
+)
+from gpt_plugin.torch_archive import (
+  TorchFileCorruptError,
+  TorchFileError,
+  UnsafePickleError,
+  load_pth,
+  read_state_dict,
+  save_pth,
+)
 from gpt_plugin.params_io import load_params, save_params
 
 __all__ = [
-    "LITTLEGPT_VOCAB_SIZE", "ConversionError", "TorchFileCorruptError", "TorchFileError", "UnsafePickleError", "average_checkpoints",
-    "average_trees", "check_params", "depth_map", "dequantize_8bit", "dequantize_blockwise", "expand_depth", "from_torch", "infer_config", "inverse_map",
-    "load_params", "load_pth", "read_state_dict", "save_params", "save_pth", "to_torch",
+  "LITTLEGPT_VOCAB_SIZE",
+  "ConversionError",
+  "TorchFileCorruptError",
+  "TorchFileError",
+  "UnsafePickleError",
+  "average_checkpoints",
+  "average_trees",
+  "check_params",
+  "depth_map",
+  "dequantize_8bit",
+  "dequantize_blockwise",
+  "expand_depth",
+  "from_torch",
+  "infer_config",
+  "inverse_map",
+  "load_params",
+  "load_pth",
+  "read_state_dict",
+  "save_params",
+  "save_pth",
+  "to_torch",
 ]

@@ -9,6 +9,7 @@ The model comes from gin like the runners (`--gin_file=models/littlegpt_127m.gin
 `--gin.NAME=VALUE`); from-torch can also infer it from the checkpoint, and the other commands read it from
 OUT/convert_info.json when there is no --gin_file. Exit status 2 on a checkpoint / model mismatch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 def _config_from_gin(args):
   from gpt_plugin.training import gin_flags  # pylint: disable=import-outside-toplevel
   import gin  # pylint: disable=import-outside-toplevel
+
   gin_flags.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()
   return model.module.config
@@ -32,13 +34,15 @@ def _config_from_gin(args):
 
 def _config(args, info: Optional[dict] = None, required: bool = True):
   from gpt_plugin.network import GPTConfig  # pylint: disable=import-outside-toplevel
+
   if args.gin_file:
     cfg = _config_from_gin(args)
   elif info and "config" in info:
     cfg = GPTConfig(**info["config"])
   elif required:
-    raise SystemExit("error: no model: give --gin_file (e.g. models/littlegpt_127m.gin) or an input with "
-                     "convert_info.json")
+    raise SystemExit(
+      "error: no model: give --gin_file (e.g. models/littlegpt_127m.gin) or an input with convert_info.json"
+    )
   else:
     return None
   if getattr(args, "scan_layers", None) is not None:
@@ -54,6 +58,7 @@ def cmd_from_torch(args) -> None:
   from gpt_plugin import torch_archive  # pylint: disable=import-outside-toplevel
   from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
   from gpt_plugin.convert import littlegpt  # pylint: disable=import-outside-toplevel
+
   key = None if args.state_dict_key == "none" else args.state_dict_key
   sd = torch_archive.read_state_dict(args.input, key=key)
   sd = littlegpt.strip_wrappers(sd)
@@ -71,18 +76,28 @@ def cmd_from_torch(args) -> None:
   vocab = int(np.shape(sd["wte.weight"])[0])
   params = littlegpt.from_torch(sd, cfg, quantization=report)
   del sd  # the params are copies: free the file's tensors before orbax writes
-  info = _info(cfg, source=os.path.abspath(args.input), source_format="littlegpt-torch", source_vocab_size=vocab,
-               note=f"embedding rows {vocab}..{cfg.vocab_size - 1} are zero padding",
-               source_8bit=bool(quantized), **({"source_quantization": quantized} if quantized else {}))
+  info = _info(
+    cfg,
+    source=os.path.abspath(args.input),
+    source_format="littlegpt-torch",
+    source_vocab_size=vocab,
+    note=f"embedding rows {vocab}..{cfg.vocab_size - 1} are zero padding",
+    source_8bit=bool(quantized),
+    **({"source_quantization": quantized} if quantized else {}),
+  )
   params_io.save_params(args.output, params, info, msgpack=args.msgpack)
-  print(f"wrote {args.output}/params ({cfg.num_params():,} params, {cfg.num_layers} layers, "
-        f"vocab {vocab} -> {cfg.vocab_size})", flush=True)
+  print(
+    f"wrote {args.output}/params ({cfg.num_params():,} params, {cfg.num_layers} layers, "
+    f"vocab {vocab} -> {cfg.vocab_size})",
+    flush=True,
+  )
 
 
 def cmd_to_torch(args) -> None:
   from gpt_plugin import torch_archive  # pylint: disable=import-outside-toplevel
   from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
   from gpt_plugin.convert import littlegpt  # pylint: disable=import-outside-toplevel
+
   params, where = params_io.load_params(args.input, step=args.step)
   info = params_io.read_info(args.input) or params_io.read_info(where)
   cfg = _config(args, info)
@@ -91,19 +106,29 @@ def cmd_to_torch(args) -> None:
   if vocab is None:
     vocab = (info or {}).get("source_vocab_size", littlegpt.LITTLEGPT_VOCAB_SIZE)
   import ml_dtypes  # pylint: disable=import-outside-toplevel
+
   dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[args.dtype]
-  sd = littlegpt.to_torch(params, cfg, vocab_size=vocab or None, buffers=not args.no_buffers,
-                          num_ctx=args.num_ctx, lm_head=not args.no_lm_head, dtype=dtype)
+  sd = littlegpt.to_torch(
+    params,
+    cfg,
+    vocab_size=vocab or None,
+    buffers=not args.no_buffers,
+    num_ctx=args.num_ctx,
+    lm_head=not args.no_lm_head,
+    dtype=dtype,
+  )
   obj = {"state_dict": sd} if args.wrap_state_dict else sd
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   torch_archive.save_pth(obj, args.output)
-  print(f"wrote {args.output} ({len(sd)} entries, vocab {sd['wte.weight'].shape[0]}, {args.dtype}) from {where}",
-        flush=True)
+  print(
+    f"wrote {args.output} ({len(sd)} entries, vocab {sd['wte.weight'].shape[0]}, {args.dtype}) from {where}", flush=True
+  )
 
 
 def cmd_expand_depth(args) -> None:
   from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
   from gpt_plugin.convert import depth_expansion, littlegpt  # pylint: disable=import-outside-toplevel
+
   params, where = params_io.load_params(args.input, step=args.step)
   info = params_io.read_info(args.input) or params_io.read_info(where)
   old = len(littlegpt.layer_list(params))
@@ -113,8 +138,11 @@ def cmd_expand_depth(args) -> None:
     raise SystemExit("error: give --num_layers (or a target --gin_file)")
   if target is not None:
     target = dataclasses.replace(target, num_layers=new_layers)
-  scanned = target.scan_layers if (target is not None and (args.gin_file or args.scan_layers is not None)) \
-      else (littlegpt.is_scanned(params) if args.scan_layers is None else args.scan_layers)
+  scanned = (
+    target.scan_layers
+    if (target is not None and (args.gin_file or args.scan_layers is not None))
+    else (littlegpt.is_scanned(params) if args.scan_layers is None else args.scan_layers)
+  )
   out = depth_expansion.expand_depth(params, new_layers, scan_layers=scanned)
   if target is not None:
     target = dataclasses.replace(target, scan_layers=scanned)
@@ -122,20 +150,29 @@ def cmd_expand_depth(args) -> None:
   table = depth_expansion.inverse_map(old, new_layers)
   extra = {k: v for k, v in (info or {}).items() if k not in ("config", "depth_expansion")}
   new_info = _info(target, **extra) if target is not None else dict(extra)
-  new_info["depth_expansion"] = {"source": where, "old_layers": old, "new_layers": new_layers,
-                                 "old_to_new": {str(k): v for k, v in table.items()}}
+  new_info["depth_expansion"] = {
+    "source": where,
+    "old_layers": old,
+    "new_layers": new_layers,
+    "old_to_new": {str(k): v for k, v in table.items()},
+  }
   params_io.save_params(args.output, out, new_info, msgpack=args.msgpack)
-  print(f"wrote {args.output}/params: {old} -> {new_layers} layers; old block -> new blocks: "
-        + ", ".join(f"{k}->{v}" for k, v in table.items()), flush=True)
+  print(
+    f"wrote {args.output}/params: {old} -> {new_layers} layers; old block -> new blocks: "
+    + ", ".join(f"{k}->{v}" for k, v in table.items()),
+    flush=True,
+  )
 
 
 def cmd_average(args) -> None:
   from gpt_plugin import params_io  # pylint: disable=import-outside-toplevel
   from gpt_plugin.convert import averaging  # pylint: disable=import-outside-toplevel
+
   params, steps = averaging.average_checkpoints(args.model_dir, last=args.last, steps=args.steps)
   cfg = _config(args, None, required=False)
   if cfg is not None:
     from gpt_plugin.convert import littlegpt  # pylint: disable=import-outside-toplevel
+
     cfg = dataclasses.replace(cfg, scan_layers=littlegpt.is_scanned(params))
     littlegpt.check_params(params, cfg, "averaged params")
   info = _info(cfg) if cfg is not None else {}
@@ -149,22 +186,36 @@ def _add_gin(p, scan=True):
   p.add_argument("--gin_bindings", action="append", default=[], help="gin binding(s) applied after the files")
   p.add_argument("--gin_search_paths", type=lambda s: s.split(","), default=["."])
   if scan:
-    p.add_argument("--scan_layers", dest="scan_layers", action="store_true", default=None,
-                   help="write the stacked `layers/` layout (nn.scan models)")
-    p.add_argument("--noscan_layers", "--no_scan_layers", dest="scan_layers", action="store_false",
-                   help="write the per-layer `layers_i/` layout")
+    p.add_argument(
+      "--scan_layers",
+      dest="scan_layers",
+      action="store_true",
+      default=None,
+      help="write the stacked `layers/` layout (nn.scan models)",
+    )
+    p.add_argument(
+      "--noscan_layers",
+      "--no_scan_layers",
+      dest="scan_layers",
+      action="store_false",
+      help="write the per-layer `layers_i/` layout",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m gpt_plugin.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m gpt_plugin.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("from-torch", help="Little-GPT .pth(.tar) -> orbax params")
   p.add_argument("--input", required=True, help="torch.save file: a state dict or a dict with 'state_dict'")
   p.add_argument("--output", required=True, help="output directory (OUT/params, OUT/convert_info.json)")
-  p.add_argument("--state_dict_key", default="auto",
-                 help="entry holding the state dict ('auto': the file itself or its 'state_dict'; 'none': the file)")
+  p.add_argument(
+    "--state_dict_key",
+    default="auto",
+    help="entry holding the state dict ('auto': the file itself or its 'state_dict'; 'none': the file)",
+  )
   p.add_argument("--msgpack", action="store_true", help="also write OUT/params.msgpack")
   _add_gin(p)
   p.set_defaults(fn=cmd_from_torch)
@@ -173,14 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--input", required=True, help="OUT dir, params dir, MODEL_DIR or .msgpack")
   p.add_argument("--step", type=int, default=None, help="checkpoint step of a MODEL_DIR (default: latest)")
   p.add_argument("--output", required=True, help="file to write, e.g. model_only.pth.tar")
-  p.add_argument("--vocab_size", type=int, default=None,
-                 help="embedding rows to keep (default: the imported file's, else 50257; 0 = all)")
+  p.add_argument(
+    "--vocab_size",
+    type=int,
+    default=None,
+    help="embedding rows to keep (default: the imported file's, else 50257; 0 = all)",
+  )
   p.add_argument("--num_ctx", type=int, default=512, help="size of the attn.mask buffers (Little-GPT's num_ctx)")
   p.add_argument("--no_buffers", action="store_true", help="omit the attn.slopes / attn.mask buffers")
   p.add_argument("--no_lm_head", action="store_true", help="omit the tied lm_head.weight")
   p.add_argument("--dtype", choices=DTYPES, default="float32")
-  p.add_argument("--wrap_state_dict", action="store_true",
-                 help="write {'state_dict': ...} (what Little-GPT's 1B loader expects)")
+  p.add_argument(
+    "--wrap_state_dict", action="store_true", help="write {'state_dict': ...} (what Little-GPT's 1B loader expects)"
+  )
   _add_gin(p, scan=False)
   p.set_defaults(fn=cmd_to_torch)
 
@@ -196,8 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("average", help="mean params of the last k checkpoints of a MODEL_DIR")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--last", type=int, default=4, help="number of most recent checkpoints to average")
-  p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                 help="comma-separated steps instead of --last")
+  p.add_argument(
+    "--steps",
+    type=lambda s: [int(x) for x in s.split(",")],
+    default=None,
+    help="comma-separated steps instead of --last",
+  )
   p.add_argument("--output", required=True)
   p.add_argument("--msgpack", action="store_true")
   _add_gin(p, scan=False)
@@ -208,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   from gpt_plugin.training.gin_flags import rewrite_gin_args  # pylint: disable=import-outside-toplevel
+
   args = build_parser().parse_args(rewrite_gin_args(argv))
   from gpt_plugin.convert.littlegpt import ConversionError  # pylint: disable=import-outside-toplevel
   from gpt_plugin.torch_archive import TorchFileError  # pylint: disable=import-outside-toplevel
+
   try:
     args.fn(args)
   except (ConversionError, TorchFileError, FileNotFoundError, ValueError) as e:

@@ -1,6 +1,7 @@
 """Checkpoint averaging (the original project's `lawa.py`; its 580M model averaged 4 checkpoints from the last
 20% of training): the element-wise mean of the params of several checkpoints, by default the last k of a
 MODEL_DIR. The mean is accumulated in float64 and cast back to each leaf's dtype."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,11 +30,13 @@ def average_trees(trees: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def _check_same(reference: Mapping[str, Any], flat: Mapping[str, Any], what: str, reference_name: str) -> None:
-  problems = params_io.compare_param_shapes(params_io.param_shapes(reference), params_io.param_shapes(flat),
-                                            reference=reference_name)
+  problems = params_io.compare_param_shapes(
+    params_io.param_shapes(reference), params_io.param_shapes(flat), reference=reference_name
+  )
   if problems:
-    raise params_io.ParamsMismatchError(params_io.mismatch_message(
-        f"{what} has a different param tree or shapes than {reference_name}", problems))
+    raise params_io.ParamsMismatchError(
+      params_io.mismatch_message(f"{what} has a different param tree or shapes than {reference_name}", problems)
+    )
 
 
 def select_steps(model_dir: str, last: int, steps: Optional[Sequence[int]] = None) -> List[int]:
@@ -52,8 +55,9 @@ def select_steps(model_dir: str, last: int, steps: Optional[Sequence[int]] = Non
   return available[-last:]
 
 
-def average_checkpoints(model_dir: str, last: int = 4, steps: Optional[Sequence[int]] = None
-                        ) -> Tuple[Dict[str, Any], List[int]]:
+def average_checkpoints(
+  model_dir: str, last: int = 4, steps: Optional[Sequence[int]] = None
+) -> Tuple[Dict[str, Any], List[int]]:
   """Mean params of the last `last` checkpoints (or of `steps`) in `model_dir`; returns (params, steps).
   Reads one checkpoint at a time (peak host memory: two param trees plus the float64 accumulator)."""
   chosen = select_steps(model_dir, last, steps)

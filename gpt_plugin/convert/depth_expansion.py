@@ -9,6 +9,7 @@ For new = k * old every block is repeated k times; for new < old the map keeps a
 is copied unchanged. The optimizer state is not carried over: train the result from step 0 (e.g. with a fresh
 learning-rate warmup), as the original did.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional

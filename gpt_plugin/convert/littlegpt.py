@@ -23,6 +23,7 @@ uint8 (or int8) bytes with sibling `<name>.absmax` / `<name>.code` buffers is de
 With `scan_layers=True` every `layers_L/...` leaf is stacked into `layers/...` with a leading layer axis.
 Head order inside `joined_kv` is the torch `view(B, T, H, D/H)` order, so no permutation is needed.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,7 +41,7 @@ from gpt_plugin.network import GPTConfig
 from gpt_plugin.params_io import abstract_params, flatten, unflatten  # noqa: F401  (re-exported)
 
 LITTLEGPT_VOCAB_SIZE = 50257  # GPT-2 BPE, Little-GPT's embedding rows
-LITTLEGPT_NUM_CTX = 512       # the size of Little-GPT's `attn.mask` buffer for the * models
+LITTLEGPT_NUM_CTX = 512  # the size of Little-GPT's `attn.mask` buffer for the * models
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate wrapper, torch.compile wrapper
 _QKV = ("query", "key", "value")  # index 0/1/2 of our `stack` axis
 # Block sizes of bitsandbytes' blockwise quantization: 4096 (the default of every version, the only one of the
@@ -77,7 +78,7 @@ def layer_list(params: Mapping[str, Any]) -> list:
       raise ConversionError(f"stacked 'layers' params disagree on the number of layers: {sorted(n)}")
     count = n.pop()
     return [jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked) for i in range(count)]
-  idx = sorted(int(k[len("layers_"):]) for k in params if re.fullmatch(r"layers_\d+", k))
+  idx = sorted(int(k[len("layers_") :]) for k in params if re.fullmatch(r"layers_\d+", k))
   if idx != list(range(len(idx))):
     raise ConversionError(f"layer indices are not 0..N-1: {idx}")
   return [params[f"layers_{i}"] for i in idx]
@@ -112,8 +113,14 @@ def torch_shapes(config: GPTConfig, vocab_size: int = LITTLEGPT_VOCAB_SIZE) -> D
       shapes.update({f"{p}{ln}.weight": (d,), f"{p}{ln}.bias": (d,)})
     for name in _QKV + ("fc_resid",):
       shapes.update({f"{p}attn.{name}.weight": (d, d), f"{p}attn.{name}.bias": (d,)})
-    shapes.update({f"{p}mlp.fc1.weight": (m, d), f"{p}mlp.fc1.bias": (m,),
-                   f"{p}mlp.fc_resid.weight": (d, m), f"{p}mlp.fc_resid.bias": (d,)})
+    shapes.update(
+      {
+        f"{p}mlp.fc1.weight": (m, d),
+        f"{p}mlp.fc1.bias": (m,),
+        f"{p}mlp.fc_resid.weight": (d, m),
+        f"{p}mlp.fc_resid.bias": (d,),
+      }
+    )
   return shapes
 
 
@@ -125,7 +132,7 @@ def strip_wrappers(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     changed = False
     for p in _PREFIXES:
       if all(k.startswith(p) for k in sd):
-        sd = {k[len(p):]: v for k, v in sd.items()}
+        sd = {k[len(p) :]: v for k, v in sd.items()}
         changed = True
   # FrozenStableEmbedding (CPU fallback of the 1B* embedding) names its LayerNorm `ln_weight` / `ln_bias`.
   for old, new in (("wte.ln_weight", "wte.norm.weight"), ("wte.ln_bias", "wte.norm.bias")):
@@ -179,7 +186,7 @@ def dequantize_8bit(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, Any], Opti
   (the tolerance, half the widest code gap times the block's absmax, is kept for the tied-head check).
   Raises ConversionError naming every 8-bit param that cannot be dequantized."""
   sd = dict(state_dict)
-  stems = sorted({k[:-len(s)] for k in sd for s in (".absmax", ".code") if k.endswith(s)})
+  stems = sorted({k[: -len(s)] for k in sd for s in (".absmax", ".code") if k.endswith(s)})
   if not stems:
     return sd, None
   problems, blocksizes, tolerance = [], {}, {}
@@ -187,25 +194,31 @@ def dequantize_8bit(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, Any], Opti
     w, a, c = (f"{stem}.{x}" for x in ("weight", "absmax", "code"))
     missing = [k for k in (w, a, c) if k not in sd]
     if missing:
-      problems.append(f"incomplete 8-bit param: {stem} has {', '.join(k for k in (w, a, c) if k in sd)} "
-                      f"but no {', '.join(missing)}")
+      problems.append(
+        f"incomplete 8-bit param: {stem} has {', '.join(k for k in (w, a, c) if k in sd)} but no {', '.join(missing)}"
+      )
       continue
     weight, absmax, code = (np.asarray(sd[k]) for k in (w, a, c))
     if weight.dtype not in (np.uint8, np.int8):
-      problems.append(f"wrong dtype: {w} is {weight.dtype}, but {stem} has absmax/code buffers (8-bit weights "
-                      "are uint8/int8)")
+      problems.append(
+        f"wrong dtype: {w} is {weight.dtype}, but {stem} has absmax/code buffers (8-bit weights are uint8/int8)"
+      )
       continue
     if absmax.dtype.kind != "f" or code.dtype.kind != "f":
-      problems.append(f"unsupported 8-bit param: {stem}: absmax {absmax.dtype} / code {code.dtype} (nested or "
-                      "non-float quantization state); expected floating point")
+      problems.append(
+        f"unsupported 8-bit param: {stem}: absmax {absmax.dtype} / code {code.dtype} (nested or "
+        "non-float quantization state); expected floating point"
+      )
       continue
     if code.size != 256:
       problems.append(f"unsupported 8-bit param: {stem}: code has {code.size} entries, not 256")
       continue
     bs = infer_blocksize(weight.size, absmax.size)
     if bs is None:
-      problems.append(f"unsupported 8-bit param: {w}: {weight.size} values {tuple(weight.shape)} with "
-                      f"{absmax.size} absmax entries fit no blockwise blocksize of {BLOCKWISE_BLOCKSIZES}")
+      problems.append(
+        f"unsupported 8-bit param: {w}: {weight.size} values {tuple(weight.shape)} with "
+        f"{absmax.size} absmax entries fit no blockwise blocksize of {BLOCKWISE_BLOCKSIZES}"
+      )
       continue
     sd[w] = dequantize_blockwise(weight, absmax, code, bs)
     del sd[a], sd[c]
@@ -222,16 +235,20 @@ def quantization_info(report: Optional[Mapping[str, Any]]) -> Optional[Dict[str,
   if not report:
     return None
   sizes = collections.Counter(report["params"].values())
-  return {"format": report["format"], "num_params": len(report["params"]),
-          "blocksizes": {str(k): v for k, v in sorted(sizes.items())}, "params": sorted(report["params"]),
-          "note": "8-bit weights were dequantized (code[byte] * absmax[block]) to float32 before conversion"}
+  return {
+    "format": report["format"],
+    "num_params": len(report["params"]),
+    "blocksizes": {str(k): v for k, v in sorted(sizes.items())},
+    "params": sorted(report["params"]),
+    "note": "8-bit weights were dequantized (code[byte] * absmax[block]) to float32 before conversion",
+  }
 
 
 def _within_quantization_error(a, b, tolerances) -> bool:
   """|a - b| <= the sum of the rounding bounds (half the widest code gap times the block's absmax) of `tolerances`."""
   bound = np.full(np.shape(a), 1e-7, np.float32)
   for gap, absmax, bs in tolerances:
-    bound += np.repeat(absmax, bs)[:bound.size].reshape(bound.shape) * np.float32(gap * 1.0001)
+    bound += np.repeat(absmax, bs)[: bound.size].reshape(bound.shape) * np.float32(gap * 1.0001)
   return bool(np.all(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)) <= bound))
 
 
@@ -245,11 +262,16 @@ def infer_config(state_dict: Mapping[str, Any], base: Optional[GPTConfig] = None
   vocab, d = np.shape(sd["wte.weight"])
   layers = sorted({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
   fields = dict(
-      vocab_size=-(-vocab // 128) * 128, emb_dim=d, num_layers=(layers[-1] + 1) if layers else 0,
-      block_type="sequential" if "blocks.0.ln2.weight" in sd else "parallel",
-      position_embedding="learned" if "wpe.weight" in sd else "alibi",
-      embedding_layer_norm="wte.norm.weight" in sd, layer_norm_epsilon=1e-5, gelu_approximate=False,
-      num_heads=int(np.shape(sd["blocks.0.attn.slopes"])[0]) if "blocks.0.attn.slopes" in sd else 8)
+    vocab_size=-(-vocab // 128) * 128,
+    emb_dim=d,
+    num_layers=(layers[-1] + 1) if layers else 0,
+    block_type="sequential" if "blocks.0.ln2.weight" in sd else "parallel",
+    position_embedding="learned" if "wpe.weight" in sd else "alibi",
+    embedding_layer_norm="wte.norm.weight" in sd,
+    layer_norm_epsilon=1e-5,
+    gelu_approximate=False,
+    num_heads=int(np.shape(sd["blocks.0.attn.slopes"])[0]) if "blocks.0.attn.slopes" in sd else 8,
+  )
   if "blocks.0.mlp.fc1.weight" in sd and np.shape(sd["blocks.0.mlp.fc1.weight"])[0] != 4 * d:
     fields["mlp_dim"] = int(np.shape(sd["blocks.0.mlp.fc1.weight"])[0])
   if "wpe.weight" in sd:
@@ -260,8 +282,14 @@ def infer_config(state_dict: Mapping[str, Any], base: Optional[GPTConfig] = None
   return GPTConfig(**fields)
 
 
-def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=np.float32,
-               check_tied: bool = True, quantization: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def from_torch(
+  state_dict: Mapping[str, Any],
+  config: GPTConfig,
+  *,
+  param_dtype=np.float32,
+  check_tied: bool = True,
+  quantization: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
   """Little-GPT state dict (name -> array) to our params (nested dict of numpy arrays) for `config`.
 
   Raises ConversionError listing every missing, unexpected and mis-shaped entry (all at once). `wte.weight`
@@ -274,8 +302,9 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
   sd = {k: np.asarray(v) for k, v in sd.items()}
   tolerance = {**((quantization or {}).get("tolerance") or {}), **((report or {}).get("tolerance") or {})}
   d = config.emb_dim
-  vocab = np.shape(sd["wte.weight"])[0] if "wte.weight" in sd and np.ndim(sd["wte.weight"]) == 2 else \
-      LITTLEGPT_VOCAB_SIZE
+  vocab = (
+    np.shape(sd["wte.weight"])[0] if "wte.weight" in sd and np.ndim(sd["wte.weight"]) == 2 else LITTLEGPT_VOCAB_SIZE
+  )
   required = torch_shapes(config, vocab)
   problems = []
   for k, shape in required.items():
@@ -286,8 +315,7 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
     elif sd[k].dtype.kind != "f" and sd[k].dtype != np.dtype(ml_dtypes.bfloat16):
       problems.append(f"wrong dtype: {k} is {sd[k].dtype} (quantized?); expected a floating-point tensor")
   if vocab > config.vocab_size:
-    problems.append(f"wrong shape: wte.weight has {vocab} rows, more than the model's vocab_size="
-                    f"{config.vocab_size}")
+    problems.append(f"wrong shape: wte.weight has {vocab} rows, more than the model's vocab_size={config.vocab_size}")
   slopes = alibi_slopes(config.num_heads)
   for k in sorted(set(sd) - set(required)):
     m = re.fullmatch(r"blocks\.(\d+)\.attn\.(slopes|mask)", k)
@@ -296,8 +324,10 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
         if config.position_embedding != "alibi":
           problems.append(f"unexpected: {k} (ALiBi slopes, but the model uses learned positions)")
         elif sd[k].shape != slopes.shape:
-          problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)} means {sd[k].size} heads; the model has "
-                          f"num_heads={config.num_heads}")
+          problems.append(
+            f"wrong shape: {k}: {tuple(sd[k].shape)} means {sd[k].size} heads; the model has "
+            f"num_heads={config.num_heads}"
+          )
         elif not np.allclose(sd[k].astype(np.float32), slopes, rtol=1e-3):
           problems.append(f"wrong values: {k} are not the ALiBi slopes of {config.num_heads} heads")
       continue  # the causal mask buffer is recomputed; its size (Little-GPT's num_ctx) is irrelevant here
@@ -306,7 +336,8 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
         problems.append(f"wrong shape: {k}: {tuple(sd[k].shape)}, expected {(vocab, d)} (tied to wte.weight)")
       elif check_tied and "wte.weight" in sd and not np.array_equal(sd[k], sd["wte.weight"]):
         if k in tolerance and _within_quantization_error(
-            sd[k], sd["wte.weight"], [tolerance[x] for x in (k, "wte.weight") if x in tolerance]):
+          sd[k], sd["wte.weight"], [tolerance[x] for x in (k, "wte.weight") if x in tolerance]
+        ):
           continue  # an 8-bit copy of the tied embedding
         problems.append(f"untied: {k} differs from wte.weight; gpt_plugin ties the output head to the embedding")
       continue
@@ -327,11 +358,17 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
   layers = []
   for i in range(config.num_layers):
     p = f"blocks.{i}"
-    layer = {"input_norm": ln(f"{p}.ln1"), "attention": {
-        "qkv": {"kernel": np.stack([cast(sd[f"{p}.attn.{n}.weight"]).T for n in _QKV], axis=1),
-                "bias": np.stack([cast(sd[f"{p}.attn.{n}.bias"]) for n in _QKV], axis=0)},
-        "out": dense(f"{p}.attn.fc_resid")},
-        "mlp": {"wi": dense(f"{p}.mlp.fc1"), "wo": dense(f"{p}.mlp.fc_resid")}}
+    layer = {
+      "input_norm": ln(f"{p}.ln1"),
+      "attention": {
+        "qkv": {
+          "kernel": np.stack([cast(sd[f"{p}.attn.{n}.weight"]).T for n in _QKV], axis=1),
+          "bias": np.stack([cast(sd[f"{p}.attn.{n}.bias"]) for n in _QKV], axis=0),
+        },
+        "out": dense(f"{p}.attn.fc_resid"),
+      },
+      "mlp": {"wi": dense(f"{p}.mlp.fc1"), "wo": dense(f"{p}.mlp.fc_resid")},
+    }
     if config.block_type == "sequential":
       layer["mlp_norm"] = ln(f"{p}.ln2")
     layers.append(layer)
@@ -340,9 +377,16 @@ def from_torch(state_dict: Mapping[str, Any], config: GPTConfig, *, param_dtype=
   return params
 
 
-def to_torch(params: Mapping[str, Any], config: GPTConfig, *, vocab_size: Optional[int] = LITTLEGPT_VOCAB_SIZE,
-             buffers: bool = True, num_ctx: int = LITTLEGPT_NUM_CTX, lm_head: bool = True,
-             dtype=np.float32) -> "collections.OrderedDict[str, np.ndarray]":
+def to_torch(
+  params: Mapping[str, Any],
+  config: GPTConfig,
+  *,
+  vocab_size: Optional[int] = LITTLEGPT_VOCAB_SIZE,
+  buffers: bool = True,
+  num_ctx: int = LITTLEGPT_NUM_CTX,
+  lm_head: bool = True,
+  dtype=np.float32,
+) -> "collections.OrderedDict[str, np.ndarray]":
   """Our params (either layer layout) to a Little-GPT state dict (OrderedDict of numpy arrays).
 
   `vocab_size` crops the embedding (None keeps every row). With `buffers`, each block gets Little-GPT's

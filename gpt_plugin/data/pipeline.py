@@ -20,6 +20,7 @@ ends.
 Mixtures and cached tasks (``use_cached=True``) use one tf.data pipeline and resume
 by skipping the batches already produced (documented limitation: this re-reads).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,310 +41,392 @@ DEFAULT_SEGMENT_SAMPLES = 4096
 
 
 class DataIterator:
-    """Iterator of batches (dicts of numpy arrays, leading dim ``batch_size``).
+  """Iterator of batches (dicts of numpy arrays, leading dim ``batch_size``).
 
-    ``get_state()`` returns a JSON-serialisable dict; pass it as ``state=`` to
-    :func:`get_dataset` to continue with exactly the next batch.  ``stats()``
-    returns counters (``skipped_samples``, ``corrupt_shards``, ``samples``,
-    ``tokens``, ``batches``).
-    """
+  ``get_state()`` returns a JSON-serialisable dict; pass it as ``state=`` to
+  :func:`get_dataset` to continue with exactly the next batch.  ``stats()``
+  returns counters (``skipped_samples``, ``corrupt_shards``, ``samples``,
+  ``tokens``, ``batches``).
+  """
 
-    def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
-                 batch_size: int, *, shuffle: bool = True, seed: Optional[int] = 0, pack: bool = True,
-                 use_cached: bool = False, process_index: int = 0, process_count: int = 1,
-                 num_epochs: Optional[int] = None, feature_converter_cls=seqio.DecoderFeatureConverter,
-                 state: Optional[dict] = None, segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
-                 fast_path: bool = True):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.name = mixture_or_task_name
-        self.provider = seqio.get_mixture_or_task(mixture_or_task_name)
-        self.feature_lengths = dict(task_feature_lengths)
-        self.split = split
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.pack = pack
-        self.use_cached = use_cached
-        self.process_index, self.process_count = int(process_index), int(process_count)
-        self.num_epochs = num_epochs
-        self.converter = feature_converter_cls(pack=pack)
-        self.source = tasks_lib.task_source(mixture_or_task_name)
-        self.mode = "stream" if (self.source is not None and not use_cached) else "skip"
-        self.fast_path = bool(fast_path) and self.mode == "stream" and self._fast_path_ok(feature_converter_cls)
-        if shuffle and seed is None:
-            seed = stream_lib.default_seed(None)
-        self.seed = int(seed) if seed is not None else 0
-        self._stats = {"samples": 0, "tokens": 0, "skipped_samples": 0, "corrupt_shards": 0}
-        self._batches = 0
-        self._error: Optional[BaseException] = None
-        if state is not None:
-            self._check_state(state)
-            self.seed = int(state["seed"])
-            self._batches = int(state.get("batches", 0))
-        if self.mode == "stream":
-            max_len = max(self.feature_lengths.values())
-            # whole packing groups per segment
-            self.segment_samples = max(1, -(-int(segment_samples) // max_len)) * max_len
-            spec = self.source.stream_spec(split, shuffle=shuffle, seed=self.seed,
-                                           process_index=self.process_index, process_count=self.process_count,
-                                           num_epochs=num_epochs)
-            cursor = dict(state["segment_start"]) if state is not None else None
-            skip_rows = int(state["rows_done"]) if state is not None else 0
-            self._finished = bool(state.get("finished")) if state is not None else False
-            self._stream = stream_lib.SampleStream(spec, cursor=cursor, stats=self._stats)
-            self._rows = self._stream_rows(skip_rows)
-        else:
-            self._finished = bool(state.get("finished")) if state is not None else False
-            self._rows = None
-            self._batch_it = self._skip_mode_batches(self._batches)
-        self._peek = None
-        self._peek_pos = None
+  def __init__(
+    self,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: Optional[int] = 0,
+    pack: bool = True,
+    use_cached: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: Optional[int] = None,
+    feature_converter_cls=seqio.DecoderFeatureConverter,
+    state: Optional[dict] = None,
+    segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
+    fast_path: bool = True,
+  ):
+    if batch_size < 1:
+      raise ValueError("batch_size must be >= 1")
+    self.name = mixture_or_task_name
+    self.provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    self.feature_lengths = dict(task_feature_lengths)
+    self.split = split
+    self.batch_size = int(batch_size)
+    self.shuffle = shuffle
+    self.pack = pack
+    self.use_cached = use_cached
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.num_epochs = num_epochs
+    self.converter = feature_converter_cls(pack=pack)
+    self.source = tasks_lib.task_source(mixture_or_task_name)
+    self.mode = "stream" if (self.source is not None and not use_cached) else "skip"
+    self.fast_path = bool(fast_path) and self.mode == "stream" and self._fast_path_ok(feature_converter_cls)
+    if shuffle and seed is None:
+      seed = stream_lib.default_seed(None)
+    self.seed = int(seed) if seed is not None else 0
+    self._stats = {"samples": 0, "tokens": 0, "skipped_samples": 0, "corrupt_shards": 0}
+    self._batches = 0
+    self._error: Optional[BaseException] = None
+    if state is not None:
+      self._check_state(state)
+      self.seed = int(state["seed"])
+      self._batches = int(state.get("batches", 0))
+    if self.mode == "stream":
+      max_len = max(self.feature_lengths.values())
+      # whole packing groups per segment
+      self.segment_samples = max(1, -(-int(segment_samples) // max_len)) * max_len
+      spec = self.source.stream_spec(
+        split,
+        shuffle=shuffle,
+        seed=self.seed,
+        process_index=self.process_index,
+        process_count=self.process_count,
+        num_epochs=num_epochs,
+      )
+      cursor = dict(state["segment_start"]) if state is not None else None
+      skip_rows = int(state["rows_done"]) if state is not None else 0
+      self._finished = bool(state.get("finished")) if state is not None else False
+      self._stream = stream_lib.SampleStream(spec, cursor=cursor, stats=self._stats)
+      self._rows = self._stream_rows(skip_rows)
+    else:
+      self._finished = bool(state.get("finished")) if state is not None else False
+      self._rows = None
+      self._batch_it = self._skip_mode_batches(self._batches)
+    self._peek = None
+    self._peek_pos = None
 
-    # -- state ----------------------------------------------------------------------
-    def _state_header(self) -> dict:
-        return {"version": STATE_VERSION, "mode": self.mode, "task": self.name, "split": self.split,
-                "seed": self.seed, "shuffle": bool(self.shuffle), "pack": bool(self.pack),
-                "feature_lengths": self.feature_lengths, "batch_size": self.batch_size,
-                "process_index": self.process_index, "process_count": self.process_count,
-                "num_epochs": self.num_epochs, "batches": self._batches}
+  # -- state ----------------------------------------------------------------------
+  def _state_header(self) -> dict:
+    return {
+      "version": STATE_VERSION,
+      "mode": self.mode,
+      "task": self.name,
+      "split": self.split,
+      "seed": self.seed,
+      "shuffle": bool(self.shuffle),
+      "pack": bool(self.pack),
+      "feature_lengths": self.feature_lengths,
+      "batch_size": self.batch_size,
+      "process_index": self.process_index,
+      "process_count": self.process_count,
+      "num_epochs": self.num_epochs,
+      "batches": self._batches,
+    }
 
-    def _check_state(self, state: dict):
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported data state version {state.get('version')!r}")
-        want = self._state_header()
-        for k in ("mode", "task", "split", "shuffle", "pack", "feature_lengths", "batch_size",
-                  "process_index", "process_count"):
-            if state.get(k) != want[k]:
-                raise ValueError(f"data state was saved with {k}={state.get(k)!r} but this pipeline has "
-                                 f"{k}={want[k]!r}; cannot resume exactly")
+  def _check_state(self, state: dict):
+    if state.get("version") != STATE_VERSION:
+      raise ValueError(f"unsupported data state version {state.get('version')!r}")
+    want = self._state_header()
+    for k in (
+      "mode",
+      "task",
+      "split",
+      "shuffle",
+      "pack",
+      "feature_lengths",
+      "batch_size",
+      "process_index",
+      "process_count",
+    ):
+      if state.get(k) != want[k]:
+        raise ValueError(
+          f"data state was saved with {k}={state.get(k)!r} but this pipeline has {k}={want[k]!r}; cannot resume exactly"
+        )
 
-    def get_state(self) -> dict:
-        st = self._state_header()
-        if self.mode == "stream":
-            self._fill_peek()
-            if self._peek is None:
-                st.update(finished=True, segment_start=dict(self._stream.cursor), rows_done=0)
-            else:
-                st.update(finished=False, segment_start=dict(self._peek_pos[0]), rows_done=self._peek_pos[1])
-        else:
-            st.update(finished=self._finished)
-        return st
+  def get_state(self) -> dict:
+    st = self._state_header()
+    if self.mode == "stream":
+      self._fill_peek()
+      if self._peek is None:
+        st.update(finished=True, segment_start=dict(self._stream.cursor), rows_done=0)
+      else:
+        st.update(finished=False, segment_start=dict(self._peek_pos[0]), rows_done=self._peek_pos[1])
+    else:
+      st.update(finished=self._finished)
+    return st
 
-    def stats(self) -> dict:
-        out = dict(self._stats)
-        if self.mode == "skip":
-            for src in self._sources():
-                for k, v in src.stats.items():
-                    out[k] = out.get(k, 0) + v
-        out["batches"] = self._batches
-        return out
+  def stats(self) -> dict:
+    out = dict(self._stats)
+    if self.mode == "skip":
+      for src in self._sources():
+        for k, v in src.stats.items():
+          out[k] = out.get(k, 0) + v
+    out["batches"] = self._batches
+    return out
 
-    def _sources(self):
-        tasks = self.provider.tasks if isinstance(self.provider, seqio.Mixture) else [self.provider]
-        return [t.source for t in tasks if isinstance(t.source, tasks_lib.TarShardDataSource)]
+  def _sources(self):
+    tasks = self.provider.tasks if isinstance(self.provider, seqio.Mixture) else [self.provider]
+    return [t.source for t in tasks if isinstance(t.source, tasks_lib.TarShardDataSource)]
 
-    # -- stream mode ------------------------------------------------------------------
-    def _counted(self, it, counter):
+  # -- stream mode ------------------------------------------------------------------
+  def _counted(self, it, counter):
+    try:
+      for x in it:
+        counter[0] += 1
+        yield x
+    except BaseException as e:  # surfaced with its own type/message, not tf's wrapper
+      self._error = e
+      raise
+
+  def _segment_dataset(self, samples) -> tf.data.Dataset:
+    with tasks_lib.reading_from(self.source, samples):
+      ds = self.provider.get_dataset(
+        sequence_length=self.feature_lengths,
+        split=self.split,
+        use_cached=False,
+        shuffle=self.shuffle,
+        seed=self.seed,
+        shard_info=None,
+        num_epochs=1,
+        try_in_mem_cache=False,
+      )
+    return self.converter(ds, self.feature_lengths)
+
+  def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int], dict]]:
+    if self._finished:
+      return
+    while True:
+      start = dict(self._stream.cursor)
+      counter = [0]
+      samples = self._counted(itertools.islice(self._stream, self.segment_samples), counter)
+      row_index = skip_rows
+      if self.fast_path:
+        rows = itertools.islice(self._numpy_rows(samples), skip_rows, None)
+        skip_rows = 0
+        for row in rows:
+          yield (start, row_index), row
+          row_index += 1
+      else:
+        ds = self._segment_dataset(samples)
+        if skip_rows:
+          ds = ds.skip(skip_rows)
+        skip_rows = 0
         try:
-            for x in it:
-                counter[0] += 1
-                yield x
-        except BaseException as e:  # surfaced with its own type/message, not tf's wrapper
-            self._error = e
-            raise
+          for row in ds.as_numpy_iterator():
+            yield (start, row_index), row
+            row_index += 1
+        except (tf.errors.OpError, StopIteration) as e:
+          if self._error is not None:
+            err, self._error = self._error, None
+            raise err from None
+          raise RuntimeError(f"data pipeline failed: {e}") from e
+      if counter[0] < self.segment_samples:
+        return
 
-    def _segment_dataset(self, samples) -> tf.data.Dataset:
-        with tasks_lib.reading_from(self.source, samples):
-            ds = self.provider.get_dataset(sequence_length=self.feature_lengths, split=self.split,
-                                           use_cached=False, shuffle=self.shuffle, seed=self.seed,
-                                           shard_info=None, num_epochs=1, try_in_mem_cache=False)
-        return self.converter(ds, self.feature_lengths)
+  # -- numpy fast path: the same rows as Task.get_dataset -> DecoderFeatureConverter ----
+  def _fast_path_ok(self, feature_converter_cls) -> bool:
+    task = self.provider
+    if not isinstance(task, seqio.Task) or set(self.feature_lengths) != {"targets"}:
+      return False
+    if feature_converter_cls not in (seqio.DecoderFeatureConverter, seqio.LMFeatureConverter):
+      return False
+    if getattr(self.converter, "bos_id", 0) != 0:
+      return False
+    for p in task.preprocessors:
+      if not (isinstance(p, seqio.CacheDatasetPlaceholder) or p is tasks_lib.split_to_targets_length):
+        return False
+    return True
 
-    def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int], dict]]:
-        if self._finished:
-            return
-        while True:
-            start = dict(self._stream.cursor)
-            counter = [0]
-            samples = self._counted(itertools.islice(self._stream, self.segment_samples), counter)
-            row_index = skip_rows
-            if self.fast_path:
-                rows = itertools.islice(self._numpy_rows(samples), skip_rows, None)
-                skip_rows = 0
-                for row in rows:
-                    yield (start, row_index), row
-                    row_index += 1
-            else:
-                ds = self._segment_dataset(samples)
-                if skip_rows:
-                    ds = ds.skip(skip_rows)
-                skip_rows = 0
-                try:
-                    for row in ds.as_numpy_iterator():
-                        yield (start, row_index), row
-                        row_index += 1
-                except (tf.errors.OpError, StopIteration) as e:
-                    if self._error is not None:
-                        err, self._error = self._error, None
-                        raise err from None
-                    raise RuntimeError(f"data pipeline failed: {e}") from e
-            if counter[0] < self.segment_samples:
-                return
+  def _numpy_rows(self, samples) -> Iterator[dict]:
+    L = int(self.feature_lengths["targets"])
+    split = any(p is tasks_lib.split_to_targets_length for p in self.provider.preprocessors)
 
-    # -- numpy fast path: the same rows as Task.get_dataset -> DecoderFeatureConverter ----
-    def _fast_path_ok(self, feature_converter_cls) -> bool:
-        task = self.provider
-        if not isinstance(task, seqio.Task) or set(self.feature_lengths) != {"targets"}:
-            return False
-        if feature_converter_cls not in (seqio.DecoderFeatureConverter, seqio.LMFeatureConverter):
-            return False
-        if getattr(self.converter, "bos_id", 0) != 0:
-            return False
-        for p in task.preprocessors:
-            if not (isinstance(p, seqio.CacheDatasetPlaceholder) or p is tasks_lib.split_to_targets_length):
-                return False
-        return True
+    def examples():
+      for ids in samples:
+        if split and ids.size > L:
+          for i in range(0, ids.size, L):
+            yield ids[i : i + L]
+        else:
+          yield ids[:L]  # Task._trim_output_features
 
-    def _numpy_rows(self, samples) -> Iterator[dict]:
-        L = int(self.feature_lengths["targets"])
-        split = any(p is tasks_lib.split_to_targets_length for p in self.provider.preprocessors)
+    if not self.pack:
+      for ex in examples():
+        tgt = np.zeros(L, np.int32)
+        tgt[: ex.size] = ex
+        inp = np.zeros(L, np.int32)
+        inp[1:] = tgt[:-1]
+        yield {
+          "decoder_target_tokens": tgt,
+          "decoder_input_tokens": inp,
+          "decoder_loss_weights": (tgt != 0).astype(np.int32),
+        }
+      return
+    # seqio.utils.trim_and_pack_dataset (tf ops): groups of L consecutive examples,
+    # greedy sequential packing, example length = number of non-zero ids.
+    group: list = []
+    for ex in itertools.chain(examples(), [None]):
+      if ex is not None:
+        group.append(ex)
+        if len(group) < L:
+          continue
+      if not group:
+        break
+      yield from _pack_group(group, L)
+      group = []
 
-        def examples():
-            for ids in samples:
-                if split and ids.size > L:
-                    for i in range(0, ids.size, L):
-                        yield ids[i:i + L]
-                else:
-                    yield ids[:L]  # Task._trim_output_features
+  # -- skip mode --------------------------------------------------------------------
+  def _fill_peek(self):
+    if self._peek is None and not self._finished:
+      nxt = next(self._rows, None)
+      if nxt is None:
+        self._finished = True
+      else:
+        self._peek_pos, self._peek = nxt
 
-        if not self.pack:
-            for ex in examples():
-                tgt = np.zeros(L, np.int32)
-                tgt[:ex.size] = ex
-                inp = np.zeros(L, np.int32)
-                inp[1:] = tgt[:-1]
-                yield {"decoder_target_tokens": tgt, "decoder_input_tokens": inp,
-                       "decoder_loss_weights": (tgt != 0).astype(np.int32)}
-            return
-        # seqio.utils.trim_and_pack_dataset (tf ops): groups of L consecutive examples,
-        # greedy sequential packing, example length = number of non-zero ids.
-        group: list = []
-        for ex in itertools.chain(examples(), [None]):
-            if ex is not None:
-                group.append(ex)
-                if len(group) < L:
-                    continue
-            if not group:
-                break
-            yield from _pack_group(group, L)
-            group = []
+  def _skip_mode_batches(self, skip_batches: int):
+    if self._finished:
+      return iter(())
+    shard_info = seqio.ShardInfo(self.process_index, self.process_count) if self.process_count > 1 else None
+    if shard_info is not None:
+      for src in self._sources():
+        stream_lib.process_shards(src.list_shards(self.split), self.process_index, self.process_count)
+    ds = self.provider.get_dataset(
+      sequence_length=self.feature_lengths,
+      split=self.split,
+      use_cached=self.use_cached,
+      shuffle=self.shuffle,
+      seed=self.seed,
+      shard_info=shard_info,
+      num_epochs=self.num_epochs,
+    )
+    if self.shuffle and self.use_cached:
+      ds = ds.shuffle(10_000, seed=self.seed, reshuffle_each_iteration=True)
+    opts = tf.data.Options()
+    opts.deterministic = True  # reproducible order, so that skipping resumes exactly
+    ds = ds.with_options(opts)
+    ds = self.converter(ds, self.feature_lengths)
+    ds = ds.batch(self.batch_size, drop_remainder=True)
+    if skip_batches:
+      ds = ds.skip(skip_batches)
+    return ds.prefetch(2).as_numpy_iterator()
 
-    # -- skip mode --------------------------------------------------------------------
-    def _fill_peek(self):
-        if self._peek is None and not self._finished:
-            nxt = next(self._rows, None)
-            if nxt is None:
-                self._finished = True
-            else:
-                self._peek_pos, self._peek = nxt
+  # -- iteration --------------------------------------------------------------------
+  def __iter__(self):
+    return self
 
-    def _skip_mode_batches(self, skip_batches: int):
-        if self._finished:
-            return iter(())
-        shard_info = (seqio.ShardInfo(self.process_index, self.process_count)
-                      if self.process_count > 1 else None)
-        if shard_info is not None:
-            for src in self._sources():
-                stream_lib.process_shards(src.list_shards(self.split), self.process_index, self.process_count)
-        ds = self.provider.get_dataset(sequence_length=self.feature_lengths, split=self.split,
-                                       use_cached=self.use_cached, shuffle=self.shuffle, seed=self.seed,
-                                       shard_info=shard_info, num_epochs=self.num_epochs)
-        if self.shuffle and self.use_cached:
-            ds = ds.shuffle(10_000, seed=self.seed, reshuffle_each_iteration=True)
-        opts = tf.data.Options()
-        opts.deterministic = True  # reproducible order, so that skipping resumes exactly
-        ds = ds.with_options(opts)
-        ds = self.converter(ds, self.feature_lengths)
-        ds = ds.batch(self.batch_size, drop_remainder=True)
-        if skip_batches:
-            ds = ds.skip(skip_batches)
-        return ds.prefetch(2).as_numpy_iterator()
-
-    # -- iteration --------------------------------------------------------------------
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.mode == "skip":
-            if self._finished:
-                raise StopIteration
-            try:
-                batch = next(self._batch_it)
-            except StopIteration:
-                self._finished = True
-                raise
-            self._batches += 1
-            return batch
-        rows = []
-        while len(rows) < self.batch_size:
-            self._fill_peek()
-            if self._peek is None:
-                raise StopIteration  # drop_remainder
-            rows.append(self._peek)
-            self._peek = None
-        self._batches += 1
-        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.mode == "skip":
+      if self._finished:
+        raise StopIteration
+      try:
+        batch = next(self._batch_it)
+      except StopIteration:
+        self._finished = True
+        raise
+      self._batches += 1
+      return batch
+    rows = []
+    while len(rows) < self.batch_size:
+      self._fill_peek()
+      if self._peek is None:
+        raise StopIteration  # drop_remainder
+      rows.append(self._peek)
+      self._peek = None
+    self._batches += 1
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _pack_group(group, L: int) -> Iterator[dict]:
-    """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter``."""
-    rows = []
-    cur, cur_pos, cur_len = [], [], 0
-    for ex in group:
-        n = int(np.count_nonzero(ex))
-        one = ex[:n]
-        if cur_len + n > L:
-            rows.append((cur, cur_pos))
-            cur, cur_pos, cur_len = [], [], 0
-        cur.append(one)
-        cur_pos.append(np.arange(n, dtype=np.int32))
-        cur_len += n
-    rows.append((cur, cur_pos))  # seqio writes the last partial unconditionally
-    for parts, pos_parts in rows:
-        tgt = np.zeros(L, np.int32)
-        pos = np.zeros(L, np.int32)
-        if parts:
-            flat = np.concatenate(parts)
-            tgt[:flat.size] = flat
-            pos[:flat.size] = np.concatenate(pos_parts)
-        seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
-        inp = np.zeros(L, np.int32)
-        inp[1:] = tgt[:-1]
-        prev_seg = np.zeros(L, seg.dtype)
-        prev_seg[1:] = seg[:-1]
-        inp *= (seg == prev_seg)
-        yield {"decoder_target_tokens": tgt, "decoder_input_tokens": inp,
-               "decoder_loss_weights": (tgt != 0).astype(np.int32),
-               "decoder_segment_ids": seg.astype(np.int32), "decoder_positions": pos}
+  """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter``."""
+  rows = []
+  cur, cur_pos, cur_len = [], [], 0
+  for ex in group:
+    n = int(np.count_nonzero(ex))
+    one = ex[:n]
+    if cur_len + n > L:
+      rows.append((cur, cur_pos))
+      cur, cur_pos, cur_len = [], [], 0
+    cur.append(one)
+    cur_pos.append(np.arange(n, dtype=np.int32))
+    cur_len += n
+  rows.append((cur, cur_pos))  # seqio writes the last partial unconditionally
+  for parts, pos_parts in rows:
+    tgt = np.zeros(L, np.int32)
+    pos = np.zeros(L, np.int32)
+    if parts:
+      flat = np.concatenate(parts)
+      tgt[: flat.size] = flat
+      pos[: flat.size] = np.concatenate(pos_parts)
+    seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
+    inp = np.zeros(L, np.int32)
+    inp[1:] = tgt[:-1]
+    prev_seg = np.zeros(L, seg.dtype)
+    prev_seg[1:] = seg[:-1]
+    inp *= seg == prev_seg
+    yield {
+      "decoder_target_tokens": tgt,
+      "decoder_input_tokens": inp,
+      "decoder_loss_weights": (tgt != 0).astype(np.int32),
+      "decoder_segment_ids": seg.astype(np.int32),
+      "decoder_positions": pos,
+    }
 
 
-def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
-                batch_size: int, *, shuffle: bool = True, seed: Optional[int] = 0, pack: bool = True,
-                use_cached: bool = False, process_index: int = 0, process_count: int = 1,
-                num_epochs: Optional[int] = None, feature_converter_cls=seqio.DecoderFeatureConverter,
-                state: Optional[dict] = None, cache_dir: Optional[str] = None,
-                segment_samples: int = DEFAULT_SEGMENT_SAMPLES, fast_path: bool = True) -> DataIterator:
-    """Per-process batches of ``mixture_or_task_name`` for training / evaluation.
+def get_dataset(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str,
+  batch_size: int,
+  *,
+  shuffle: bool = True,
+  seed: Optional[int] = 0,
+  pack: bool = True,
+  use_cached: bool = False,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_epochs: Optional[int] = None,
+  feature_converter_cls=seqio.DecoderFeatureConverter,
+  state: Optional[dict] = None,
+  cache_dir: Optional[str] = None,
+  segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
+  fast_path: bool = True,
+) -> DataIterator:
+  """Per-process batches of ``mixture_or_task_name`` for training / evaluation.
 
-    ``batch_size`` is the per-process batch; the last partial batch is dropped.
-    Process ``p`` of ``process_count`` reads shards ``p, p+P, ...``.  ``state`` (from
-    ``DataIterator.get_state()``) resumes at exactly the next batch.  ``cache_dir``
-    adds a seqio cache directory (for ``use_cached=True``).
-    """
-    if cache_dir:
-        seqio.add_global_cache_dirs([cache_dir])
-    return DataIterator(mixture_or_task_name, task_feature_lengths, split, batch_size, shuffle=shuffle,
-                        seed=seed, pack=pack, use_cached=use_cached, process_index=process_index,
-                        process_count=process_count, num_epochs=num_epochs,
-                        feature_converter_cls=feature_converter_cls, state=state,
-                        segment_samples=segment_samples, fast_path=fast_path)
+  ``batch_size`` is the per-process batch; the last partial batch is dropped.
+  Process ``p`` of ``process_count`` reads shards ``p, p+P, ...``.  ``state`` (from
+  ``DataIterator.get_state()``) resumes at exactly the next batch.  ``cache_dir``
+  adds a seqio cache directory (for ``use_cached=True``).
+  """
+  if cache_dir:
+    seqio.add_global_cache_dirs([cache_dir])
+  return DataIterator(
+    mixture_or_task_name,
+    task_feature_lengths,
+    split,
+    batch_size,
+    shuffle=shuffle,
+    seed=seed,
+    pack=pack,
+    use_cached=use_cached,
+    process_index=process_index,
+    process_count=process_count,
+    num_epochs=num_epochs,
+    feature_converter_cls=feature_converter_cls,
+    state=state,
+    segment_samples=segment_samples,
+    fast_path=fast_path,
+  )

@@ -17,6 +17,7 @@ Errors (all ``ValueError``):
   readable, but not a 1-D contiguous integer tensor (float dtype, 2-D, a dict,
   a legacy pre-1.6 file...).
 """
+
 from __future__ import annotations
 
 import io
@@ -26,11 +27,11 @@ import numpy as np
 from gpt_plugin import torch_archive
 
 __all__ = [
-    "PthFormatError",
-    "PthCorruptError",
-    "UnsafePickleError",
-    "read_pth_int_tensor",
-    "write_pth_int_tensor",
+  "PthFormatError",
+  "PthCorruptError",
+  "UnsafePickleError",
+  "read_pth_int_tensor",
+  "write_pth_int_tensor",
 ]
 
 PthFormatError = torch_archive.TorchFileError
@@ -39,39 +40,40 @@ UnsafePickleError = torch_archive.UnsafePickleError
 
 
 def read_pth_int_tensor(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Returns the 1-D integer array stored by ``torch.save(tensor)`` in ``data``.
+  """Returns the 1-D integer array stored by ``torch.save(tensor)`` in ``data``.
 
-    Raises :class:`PthCorruptError` for unreadable bytes, :class:`UnsafePickleError`
-    for pickles that reference anything but a plain tensor, and
-    :class:`PthFormatError` for tensors that are not 1-D contiguous integer tensors.
-    ``name`` is what the messages call the bytes.
-    """
-    obj = torch_archive.load_pth(data, name=name)
-    foreign = torch_archive.find_opaque(obj)
-    if foreign is not None:
-        raise UnsafePickleError(f"{name}: pickle references {foreign.what}; only a plain integer tensor is accepted")
-    if not isinstance(obj, torch_archive.TensorRef):
-        raise PthFormatError(f"{name}: top-level object is {type(obj).__name__}, not a tensor")
-    if obj.dtype.kind not in "iu":
-        raise PthFormatError(f"{name}: tensor has dtype torch.{obj.storage.type_name[:-len('Storage')]}; "
-                             "expected an integer tensor")
-    if obj.backward_hooks or obj.metadata:
-        raise UnsafePickleError(f"{name}: tensor with backward hooks or metadata")
-    if len(obj.shape) != 1:
-        raise PthFormatError(f"{name}: tensor has shape {obj.shape}; expected 1-D")
-    if obj.shape[0] > 1 and tuple(obj.stride) != (1,):
-        raise PthFormatError(f"{name}: tensor is not contiguous (stride {obj.stride})")
-    return obj.numpy()
+  Raises :class:`PthCorruptError` for unreadable bytes, :class:`UnsafePickleError`
+  for pickles that reference anything but a plain tensor, and
+  :class:`PthFormatError` for tensors that are not 1-D contiguous integer tensors.
+  ``name`` is what the messages call the bytes.
+  """
+  obj = torch_archive.load_pth(data, name=name)
+  foreign = torch_archive.find_opaque(obj)
+  if foreign is not None:
+    raise UnsafePickleError(f"{name}: pickle references {foreign.what}; only a plain integer tensor is accepted")
+  if not isinstance(obj, torch_archive.TensorRef):
+    raise PthFormatError(f"{name}: top-level object is {type(obj).__name__}, not a tensor")
+  if obj.dtype.kind not in "iu":
+    raise PthFormatError(
+      f"{name}: tensor has dtype torch.{obj.storage.type_name[: -len('Storage')]}; expected an integer tensor"
+    )
+  if obj.backward_hooks or obj.metadata:
+    raise UnsafePickleError(f"{name}: tensor with backward hooks or metadata")
+  if len(obj.shape) != 1:
+    raise PthFormatError(f"{name}: tensor has shape {obj.shape}; expected 1-D")
+  if obj.shape[0] > 1 and tuple(obj.stride) != (1,):
+    raise PthFormatError(f"{name}: tensor is not contiguous (stride {obj.stride})")
+  return obj.numpy()
 
 
 def write_pth_int_tensor(ids, name: str = "archive") -> bytes:
-    """Serialises a 1-D integer array in the ``torch.save`` zip format (loadable by
-    ``torch.load(..., weights_only=True)``), without torch.  Deterministic bytes."""
-    arr = np.ascontiguousarray(np.asarray(ids))
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError("expected a 1-D integer array")
-    if arr.dtype.newbyteorder("=") not in torch_archive.STORAGE_DTYPES.values():
-        raise ValueError(f"no torch storage for dtype {arr.dtype}")
-    buf = io.BytesIO()
-    torch_archive.save_pth(arr, buf, archive_name=name)
-    return buf.getvalue()
+  """Serialises a 1-D integer array in the ``torch.save`` zip format (loadable by
+  ``torch.load(..., weights_only=True)``), without torch.  Deterministic bytes."""
+  arr = np.ascontiguousarray(np.asarray(ids))
+  if arr.ndim != 1 or arr.dtype.kind not in "iu":
+    raise ValueError("expected a 1-D integer array")
+  if arr.dtype.newbyteorder("=") not in torch_archive.STORAGE_DTYPES.values():
+    raise ValueError(f"no torch storage for dtype {arr.dtype}")
+  buf = io.BytesIO()
+  torch_archive.save_pth(arr, buf, archive_name=name)
+  return buf.getvalue()

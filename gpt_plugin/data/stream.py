@@ -15,6 +15,7 @@ to a cursor opens that one shard, skips ``sample`` tar samples without decoding
 them, re-reads one window and drops ``emitted`` samples; it never re-reads earlier
 shards.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,132 +33,134 @@ START = {"epoch": 0, "shard": 0, "sample": 0, "emitted": 0}
 
 
 def process_shards(all_shards: Sequence[str], process_index: int, process_count: int) -> list[str]:
-    """Shards of process ``p`` of ``P``: ``p, p+P, p+2P, ...`` (errors if too few)."""
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"bad process_index/process_count {process_index}/{process_count}")
-    if len(all_shards) < process_count:
-        raise ValueError(f"{len(all_shards)} shards cannot be split over {process_count} processes: every "
-                         f"process needs at least one shard; write more (smaller) shards")
-    return list(all_shards[process_index::process_count])
+  """Shards of process ``p`` of ``P``: ``p, p+P, p+2P, ...`` (errors if too few)."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index/process_count {process_index}/{process_count}")
+  if len(all_shards) < process_count:
+    raise ValueError(
+      f"{len(all_shards)} shards cannot be split over {process_count} processes: every "
+      f"process needs at least one shard; write more (smaller) shards"
+    )
+  return list(all_shards[process_index::process_count])
 
 
 @dataclasses.dataclass
 class StreamSpec:
-    shards: Sequence[str]
-    decode: Callable[[dict, str, str], np.ndarray]   # (members, url, key) -> int32 ids
-    shuffle: bool = True
-    seed: int = 0
-    window: int = 1024
-    num_epochs: Optional[int] = 1                    # None: forever
-    strict: bool = False
+  shards: Sequence[str]
+  decode: Callable[[dict, str, str], np.ndarray]  # (members, url, key) -> int32 ids
+  shuffle: bool = True
+  seed: int = 0
+  window: int = 1024
+  num_epochs: Optional[int] = 1  # None: forever
+  strict: bool = False
 
 
 class SampleStream:
-    """Iterates token arrays from ``spec`` starting at ``cursor``; ``.cursor`` is the
-    position just after the last sample returned, ``.stats`` counts what was read."""
+  """Iterates token arrays from ``spec`` starting at ``cursor``; ``.cursor`` is the
+  position just after the last sample returned, ``.stats`` counts what was read."""
 
-    def __init__(self, spec: StreamSpec, cursor: Optional[dict] = None, stats: Optional[dict] = None):
-        self.spec = spec
-        self.cursor = dict(cursor or START)
-        for k in START:
-            if not isinstance(self.cursor.get(k), int):
-                raise ValueError(f"bad stream cursor {cursor!r}")
-        self.stats = stats if stats is not None else {}
-        for k in ("samples", "tokens", "skipped_samples", "corrupt_shards"):
-            self.stats.setdefault(k, 0)
-        self._it = self._run()
+  def __init__(self, spec: StreamSpec, cursor: Optional[dict] = None, stats: Optional[dict] = None):
+    self.spec = spec
+    self.cursor = dict(cursor or START)
+    for k in START:
+      if not isinstance(self.cursor.get(k), int):
+        raise ValueError(f"bad stream cursor {cursor!r}")
+    self.stats = stats if stats is not None else {}
+    for k in ("samples", "tokens", "skipped_samples", "corrupt_shards"):
+      self.stats.setdefault(k, 0)
+    self._it = self._run()
 
-    def __iter__(self):
-        return self
+  def __iter__(self):
+    return self
 
-    def __next__(self) -> np.ndarray:
-        return next(self._it)
+  def __next__(self) -> np.ndarray:
+    return next(self._it)
 
-    # -- order ------------------------------------------------------------------
-    def _order(self, epoch: int) -> list[int]:
-        n = len(self.spec.shards)
-        if not self.spec.shuffle:
-            return list(range(n))
-        return np.random.default_rng([self.spec.seed, epoch, 0x5EED]).permutation(n).tolist()
+  # -- order ------------------------------------------------------------------
+  def _order(self, epoch: int) -> list[int]:
+    n = len(self.spec.shards)
+    if not self.spec.shuffle:
+      return list(range(n))
+    return np.random.default_rng([self.spec.seed, epoch, 0x5EED]).permutation(n).tolist()
 
-    def _perm(self, n: int, epoch: int, shard: int, sample: int) -> list[int]:
-        if not self.spec.shuffle or n <= 1:
-            return list(range(n))
-        return np.random.default_rng([self.spec.seed, epoch, shard, sample, 0x717D]).permutation(n).tolist()
+  def _perm(self, n: int, epoch: int, shard: int, sample: int) -> list[int]:
+    if not self.spec.shuffle or n <= 1:
+      return list(range(n))
+    return np.random.default_rng([self.spec.seed, epoch, shard, sample, 0x717D]).permutation(n).tolist()
 
-    # -- reading ----------------------------------------------------------------
-    def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object]]:
-        """Yields (shard_pos, index_in_shard, ids-or-None-if-bad) from (shard_pos, skip) to epoch end."""
-        spec = self.spec
-        for pos in range(shard_pos, len(order)):
-            url = spec.shards[order[pos]]
-            for idx, key, members in shards_lib.iter_tar_samples(
-                    url, skip=skip if pos == shard_pos else 0, strict=spec.strict, stats=self.stats):
-                if members is None:
-                    continue
-                try:
-                    ids = spec.decode(members, url, key)
-                except shards_lib.CorruptSampleError as e:
-                    if spec.strict:
-                        raise
-                    log.warning("skipping sample: %s", e)
-                    self.stats["skipped_samples"] += 1
-                    ids = None
-                yield pos, idx, ids
+  # -- reading ----------------------------------------------------------------
+  def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object]]:
+    """Yields (shard_pos, index_in_shard, ids-or-None-if-bad) from (shard_pos, skip) to epoch end."""
+    spec = self.spec
+    for pos in range(shard_pos, len(order)):
+      url = spec.shards[order[pos]]
+      for idx, key, members in shards_lib.iter_tar_samples(
+        url, skip=skip if pos == shard_pos else 0, strict=spec.strict, stats=self.stats
+      ):
+        if members is None:
+          continue
+        try:
+          ids = spec.decode(members, url, key)
+        except shards_lib.CorruptSampleError as e:
+          if spec.strict:
+            raise
+          log.warning("skipping sample: %s", e)
+          self.stats["skipped_samples"] += 1
+          ids = None
+        yield pos, idx, ids
 
-    def _run(self) -> Iterator[np.ndarray]:
-        spec, c = self.spec, self.cursor
-        w = max(1, int(spec.window)) if spec.shuffle else 1
-        epoch = c["epoch"]
-        while spec.num_epochs is None or epoch < spec.num_epochs:
-            order = self._order(epoch)
-            if epoch == c["epoch"]:
-                shard_pos, sample, emitted = c["shard"], c["sample"], c["emitted"]
-            else:
-                shard_pos, sample, emitted = 0, 0, 0
-            fresh_epoch = (shard_pos, sample, emitted) == (0, 0, 0)
-            produced_in_epoch = 0
-            raw = self._raw_samples(order, shard_pos, sample)
-            pending = next(raw, None)
-            while pending is not None:
-                # The window starts at the first raw sample actually present.
-                start_pos, start_sample = pending[0], pending[1]
-                window = [pending[2]]
-                pending = None
-                for item in raw:
-                    if len(window) == w:
-                        pending = item
-                        break
-                    window.append(item[2])
-                if pending is None and len(window) == w:
-                    pending = next(raw, None)
-                if pending is not None:
-                    nxt = {"epoch": epoch, "shard": pending[0], "sample": pending[1], "emitted": 0}
-                else:
-                    nxt = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
-                perm = self._perm(len(window), epoch, start_pos, start_sample)
-                for j in range(emitted, len(perm)):
-                    ids = window[perm[j]]
-                    if j + 1 == len(perm):
-                        self.cursor = nxt
-                    else:
-                        self.cursor = {"epoch": epoch, "shard": start_pos, "sample": start_sample, "emitted": j + 1}
-                    if ids is None:
-                        continue
-                    produced_in_epoch += 1
-                    self.stats["samples"] += 1
-                    self.stats["tokens"] += int(ids.size)
-                    yield ids
-                emitted = 0
-            self.cursor = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
-            if produced_in_epoch == 0 and fresh_epoch:
-                raise shards_lib.DataError(f"no readable samples in {len(spec.shards)} shard(s), e.g. "
-                                           f"{spec.shards[0]!r}")
-            c = self.cursor
-            epoch += 1
+  def _run(self) -> Iterator[np.ndarray]:
+    spec, c = self.spec, self.cursor
+    w = max(1, int(spec.window)) if spec.shuffle else 1
+    epoch = c["epoch"]
+    while spec.num_epochs is None or epoch < spec.num_epochs:
+      order = self._order(epoch)
+      if epoch == c["epoch"]:
+        shard_pos, sample, emitted = c["shard"], c["sample"], c["emitted"]
+      else:
+        shard_pos, sample, emitted = 0, 0, 0
+      fresh_epoch = (shard_pos, sample, emitted) == (0, 0, 0)
+      produced_in_epoch = 0
+      raw = self._raw_samples(order, shard_pos, sample)
+      pending = next(raw, None)
+      while pending is not None:
+        # The window starts at the first raw sample actually present.
+        start_pos, start_sample = pending[0], pending[1]
+        window = [pending[2]]
+        pending = None
+        for item in raw:
+          if len(window) == w:
+            pending = item
+            break
+          window.append(item[2])
+        if pending is None and len(window) == w:
+          pending = next(raw, None)
+        if pending is not None:
+          nxt = {"epoch": epoch, "shard": pending[0], "sample": pending[1], "emitted": 0}
+        else:
+          nxt = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+        perm = self._perm(len(window), epoch, start_pos, start_sample)
+        for j in range(emitted, len(perm)):
+          ids = window[perm[j]]
+          if j + 1 == len(perm):
+            self.cursor = nxt
+          else:
+            self.cursor = {"epoch": epoch, "shard": start_pos, "sample": start_sample, "emitted": j + 1}
+          if ids is None:
+            continue
+          produced_in_epoch += 1
+          self.stats["samples"] += 1
+          self.stats["tokens"] += int(ids.size)
+          yield ids
+        emitted = 0
+      self.cursor = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+      if produced_in_epoch == 0 and fresh_epoch:
+        raise shards_lib.DataError(f"no readable samples in {len(spec.shards)} shard(s), e.g. {spec.shards[0]!r}")
+      c = self.cursor
+      epoch += 1
 
 
 def default_seed(seed: Optional[int]) -> int:
-    if seed is None:
-        return int.from_bytes(os.urandom(4), "little")
-    return int(seed)
+  if seed is None:
+    return int.from_bytes(os.urandom(4), "little")
+  return int(seed)

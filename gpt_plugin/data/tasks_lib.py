@@ -8,6 +8,7 @@ cache job caches the raw token samples and samples longer than the requested
 original project trained on ``x[:max_context]`` and Little-GPT reshaped; cutting
 keeps every token).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,176 +39,237 @@ _ACTIVE = threading.local()
 
 @contextlib.contextmanager
 def reading_from(source: "TarShardDataSource", sample_iterable):
-    prev = getattr(_ACTIVE, "value", None)
-    _ACTIVE.value = (source, sample_iterable)
-    try:
-        yield
-    finally:
-        _ACTIVE.value = prev
+  prev = getattr(_ACTIVE, "value", None)
+  _ACTIVE.value = (source, sample_iterable)
+  try:
+    yield
+  finally:
+    _ACTIVE.value = prev
 
 
-def split_to_targets_length(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None,
-                            output_features=None) -> tf.data.Dataset:
-    """Cuts ``targets`` into consecutive pieces of at most ``sequence_length['targets']``."""
-    del output_features
-    if not sequence_length or sequence_length.get("targets") is None:
-        return dataset
-    length = int(sequence_length["targets"])
+def split_to_targets_length(
+  dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None, output_features=None
+) -> tf.data.Dataset:
+  """Cuts ``targets`` into consecutive pieces of at most ``sequence_length['targets']``."""
+  del output_features
+  if not sequence_length or sequence_length.get("targets") is None:
+    return dataset
+  length = int(sequence_length["targets"])
 
-    def split(ex):
-        t = ex["targets"]
-        n = tf.size(t)
-        num = tf.maximum((n + length - 1) // length, 1)
-        lengths = tf.concat([tf.fill([num - 1], length), [n - (num - 1) * length]], axis=0)
-        return tf.data.Dataset.from_tensor_slices(
-            {"targets": tf.RaggedTensor.from_row_lengths(t, lengths)}).map(
-                lambda x: {"targets": x["targets"]})
+  def split(ex):
+    t = ex["targets"]
+    n = tf.size(t)
+    num = tf.maximum((n + length - 1) // length, 1)
+    lengths = tf.concat([tf.fill([num - 1], length), [n - (num - 1) * length]], axis=0)
+    return tf.data.Dataset.from_tensor_slices({"targets": tf.RaggedTensor.from_row_lengths(t, lengths)}).map(
+      lambda x: {"targets": x["targets"]}
+    )
 
-    return dataset.flat_map(split).map(
-        lambda x: {"targets": tf.ensure_shape(x["targets"], [None])})
+  return dataset.flat_map(split).map(lambda x: {"targets": tf.ensure_shape(x["targets"], [None])})
 
 
 class TarShardDataSource(seqio.DataSource):
-    """seqio DataSource over webdataset tar shards (see module docstring).
+  """seqio DataSource over webdataset tar shards (see module docstring).
 
-    ``get_dataset(split, shuffle, seed, shard_info)`` reads the shards of
-    ``shard_info`` (``index, index+num_shards, ...``) once, shuffled with ``seed``
-    (shard order + a window permutation, ``window`` samples) when ``shuffle``.
-    """
+  ``get_dataset(split, shuffle, seed, shard_info)`` reads the shards of
+  ``shard_info`` (``index, index+num_shards, ...``) once, shuffled with ``seed``
+  (shard order + a window permutation, ``window`` samples) when ``shuffle``.
+  """
 
-    def __init__(self, split_patterns: Mapping[str, Union[str, Sequence[str]]], *,
-                 vocabulary: seqio.Vocabulary, member_format: str = "auto", strict: bool = False,
-                 window: int = 1024, append_eos_to_text: bool = True, check_vocab_size: bool = True):
-        if member_format not in ("auto",) + shards_lib.TOKEN_FORMATS:
-            raise ValueError(f"member_format must be auto/pth/npy/txt, not {member_format!r}")
-        super().__init__(splits=tuple(split_patterns), num_input_examples=None, caching_permitted=True,
-                         performs_internal_shuffling=True)
-        self._patterns = {k: v for k, v in split_patterns.items()}
-        self._shards: dict[str, list[str]] = {}
-        self.vocabulary = vocabulary
-        self.member_format = member_format
-        self.strict = strict
-        self.window = window
-        self.append_eos_to_text = append_eos_to_text
-        self.check_vocab_size = check_vocab_size
-        self.stats: dict[str, int] = {}
+  def __init__(
+    self,
+    split_patterns: Mapping[str, Union[str, Sequence[str]]],
+    *,
+    vocabulary: seqio.Vocabulary,
+    member_format: str = "auto",
+    strict: bool = False,
+    window: int = 1024,
+    append_eos_to_text: bool = True,
+    check_vocab_size: bool = True,
+  ):
+    if member_format not in ("auto",) + shards_lib.TOKEN_FORMATS:
+      raise ValueError(f"member_format must be auto/pth/npy/txt, not {member_format!r}")
+    super().__init__(
+      splits=tuple(split_patterns), num_input_examples=None, caching_permitted=True, performs_internal_shuffling=True
+    )
+    self._patterns = {k: v for k, v in split_patterns.items()}
+    self._shards: dict[str, list[str]] = {}
+    self.vocabulary = vocabulary
+    self.member_format = member_format
+    self.strict = strict
+    self.window = window
+    self.append_eos_to_text = append_eos_to_text
+    self.check_vocab_size = check_vocab_size
+    self.stats: dict[str, int] = {}
 
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return False
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
 
-    @property
-    def patterns(self):
-        return dict(self._patterns)
+  @property
+  def patterns(self):
+    return dict(self._patterns)
 
-    def list_shards(self, split: str) -> Sequence[str]:
-        if split not in self._patterns:
-            raise ValueError(f"split {split!r} not in {list(self._patterns)}")
-        if split not in self._shards:
-            self._shards[split] = shards_lib.expand_shard_patterns(self._patterns[split])
-        return self._shards[split]
+  def list_shards(self, split: str) -> Sequence[str]:
+    if split not in self._patterns:
+      raise ValueError(f"split {split!r} not in {list(self._patterns)}")
+    if split not in self._shards:
+      self._shards[split] = shards_lib.expand_shard_patterns(self._patterns[split])
+    return self._shards[split]
 
-    def decode_fn(self):
-        vocab = self.vocabulary
-        tokenize = None if isinstance(vocab, seqio.PassThroughVocabulary) else vocab.encode
-        vocab_size = int(vocab.vocab_size) if self.check_vocab_size else None
-        return functools.partial(_decode, fmt=self.member_format, vocab_size=vocab_size, tokenize=tokenize,
-                                 eos_id=vocab.eos_id, append_eos_to_text=self.append_eos_to_text)
+  def decode_fn(self):
+    vocab = self.vocabulary
+    tokenize = None if isinstance(vocab, seqio.PassThroughVocabulary) else vocab.encode
+    vocab_size = int(vocab.vocab_size) if self.check_vocab_size else None
+    return functools.partial(
+      _decode,
+      fmt=self.member_format,
+      vocab_size=vocab_size,
+      tokenize=tokenize,
+      eos_id=vocab.eos_id,
+      append_eos_to_text=self.append_eos_to_text,
+    )
 
-    def stream_spec(self, split: str, *, shuffle: bool, seed: Optional[int], process_index: int = 0,
-                    process_count: int = 1, num_epochs: Optional[int] = 1) -> stream_lib.StreamSpec:
-        shards = stream_lib.process_shards(self.list_shards(split), process_index, process_count)
-        return stream_lib.StreamSpec(shards=shards, decode=self.decode_fn(), shuffle=shuffle,
-                                     seed=stream_lib.default_seed(seed) if shuffle else 0,
-                                     window=self.window, num_epochs=num_epochs, strict=self.strict)
+  def stream_spec(
+    self,
+    split: str,
+    *,
+    shuffle: bool,
+    seed: Optional[int],
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: Optional[int] = 1,
+  ) -> stream_lib.StreamSpec:
+    shards = stream_lib.process_shards(self.list_shards(split), process_index, process_count)
+    return stream_lib.StreamSpec(
+      shards=shards,
+      decode=self.decode_fn(),
+      shuffle=shuffle,
+      seed=stream_lib.default_seed(seed) if shuffle else 0,
+      window=self.window,
+      num_epochs=num_epochs,
+      strict=self.strict,
+    )
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                    shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
-                    use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-        del sequence_length, use_cached, num_epochs  # seqio repeats after the source
-        active = getattr(_ACTIVE, "value", None)
-        if active is not None and active[0] is self:
-            samples = active[1]
-            gen = lambda: ({"targets": ids} for ids in samples)  # noqa: E731
-        else:
-            if isinstance(seed, tf.Tensor):
-                seed = int(seed.numpy())
-            index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-            spec = self.stream_spec(split, shuffle=shuffle, seed=seed, process_index=index,
-                                    process_count=count, num_epochs=1)
-            stats = self.stats
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: Optional[int] = None,
+    shard_info: Optional[seqio.ShardInfo] = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: Optional[int] = 1,
+  ) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # seqio repeats after the source
+    active = getattr(_ACTIVE, "value", None)
+    if active is not None and active[0] is self:
+      samples = active[1]
+      gen = lambda: ({"targets": ids} for ids in samples)  # noqa: E731
+    else:
+      if isinstance(seed, tf.Tensor):
+        seed = int(seed.numpy())
+      index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+      spec = self.stream_spec(split, shuffle=shuffle, seed=seed, process_index=index, process_count=count, num_epochs=1)
+      stats = self.stats
 
-            def gen():
-                for ids in stream_lib.SampleStream(spec, stats=stats):
-                    yield {"targets": ids}
-        return tf.data.Dataset.from_generator(gen, output_signature=OUTPUT_SIGNATURE)
+      def gen():
+        for ids in stream_lib.SampleStream(spec, stats=stats):
+          yield {"targets": ids}
+
+    return tf.data.Dataset.from_generator(gen, output_signature=OUTPUT_SIGNATURE)
 
 
 def _decode(members, url, key, **kw):
-    return shards_lib.decode_tokens(members, url=url, key=key, **kw)
+  return shards_lib.decode_tokens(members, url=url, key=key, **kw)
 
 
 def _resolve_vocabulary(vocabulary, vocab_size: Optional[int], eos_id: Optional[int]) -> seqio.Vocabulary:
-    if vocabulary is None:
-        return seqio.PassThroughVocabulary(size=vocab_size or GPT2_VOCAB_SIZE,
-                                           eos_id=GPT2_EOS_ID if eos_id is None and vocab_size is None else eos_id)
-    return vocab_lib.get_vocabulary(vocabulary)
+  if vocabulary is None:
+    return seqio.PassThroughVocabulary(
+      size=vocab_size or GPT2_VOCAB_SIZE, eos_id=GPT2_EOS_ID if eos_id is None and vocab_size is None else eos_id
+    )
+  return vocab_lib.get_vocabulary(vocabulary)
 
 
-def register_tar_shard_task(name: str, *, train_shards, validation_shards=None, vocabulary=None,
-                            vocab_size: Optional[int] = None, eos_id: Optional[int] = None,
-                            member_format: str = "auto", strict: bool = False, shuffle_window: int = 1024,
-                            append_eos_to_text: bool = True, split_long_samples: bool = True,
-                            overwrite: bool = True, extra_splits: Optional[Mapping[str, Any]] = None,
-                            metrics_fns=()) -> seqio.Task:
-    """Registers a seqio Task named ``name`` over tar shards and returns it.
+def register_tar_shard_task(
+  name: str,
+  *,
+  train_shards,
+  validation_shards=None,
+  vocabulary=None,
+  vocab_size: Optional[int] = None,
+  eos_id: Optional[int] = None,
+  member_format: str = "auto",
+  strict: bool = False,
+  shuffle_window: int = 1024,
+  append_eos_to_text: bool = True,
+  split_long_samples: bool = True,
+  overwrite: bool = True,
+  extra_splits: Optional[Mapping[str, Any]] = None,
+  metrics_fns=(),
+) -> seqio.Task:
+  """Registers a seqio Task named ``name`` over tar shards and returns it.
 
-    Args:
-      train_shards / validation_shards: brace pattern(s), glob(s) or index file(s)
-        (see :func:`gpt_plugin.data.shards.expand_shard_patterns`); validation is
-        optional.  Patterns are expanded lazily (at first read), so registering a
-        task for a corpus that is not on this machine is fine.
-      vocabulary: a ``seqio.Vocabulary`` or a spec for
-        :func:`gpt_plugin.data.vocabularies.get_vocabulary` (``tokenizer.json``,
-        directory, ``.model``, ``"byte"``).  ``None``: token ids pass through
-        unchanged, with ``vocab_size`` (default GPT-2's 50257, EOS 50256).
-      member_format: ``"auto"`` (``.pth`` > ``.npy`` > ``.txt``), or one of them.
-      strict: corrupt shards/samples raise instead of being skipped with a warning.
-      shuffle_window: samples per shuffle window (see gpt_plugin.data.stream).
-      append_eos_to_text: append EOS after each ``.txt`` document.
-      split_long_samples: cut samples longer than the ``targets`` length into pieces.
-    """
-    vocab = _resolve_vocabulary(vocabulary, vocab_size, eos_id)
-    splits = {"train": train_shards}
-    if validation_shards is not None:
-        splits["validation"] = validation_shards
-    splits.update(extra_splits or {})
-    source = TarShardDataSource(splits, vocabulary=vocab, member_format=member_format, strict=strict,
-                                window=shuffle_window, append_eos_to_text=append_eos_to_text)
-    preprocessors = [seqio.CacheDatasetPlaceholder()]
-    if split_long_samples:
-        preprocessors.append(split_to_targets_length)
-    if overwrite and name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(
-        name, source=source,
-        output_features={"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
-        preprocessors=preprocessors, shuffle_buffer_size=None, metric_fns=list(metrics_fns))
+  Args:
+    train_shards / validation_shards: brace pattern(s), glob(s) or index file(s)
+      (see :func:`gpt_plugin.data.shards.expand_shard_patterns`); validation is
+      optional.  Patterns are expanded lazily (at first read), so registering a
+      task for a corpus that is not on this machine is fine.
+    vocabulary: a ``seqio.Vocabulary`` or a spec for
+      :func:`gpt_plugin.data.vocabularies.get_vocabulary` (``tokenizer.json``,
+      directory, ``.model``, ``"byte"``).  ``None``: token ids pass through
+      unchanged, with ``vocab_size`` (default GPT-2's 50257, EOS 50256).
+    member_format: ``"auto"`` (``.pth`` > ``.npy`` > ``.txt``), or one of them.
+    strict: corrupt shards/samples raise instead of being skipped with a warning.
+    shuffle_window: samples per shuffle window (see gpt_plugin.data.stream).
+    append_eos_to_text: append EOS after each ``.txt`` document.
+    split_long_samples: cut samples longer than the ``targets`` length into pieces.
+  """
+  vocab = _resolve_vocabulary(vocabulary, vocab_size, eos_id)
+  splits = {"train": train_shards}
+  if validation_shards is not None:
+    splits["validation"] = validation_shards
+  splits.update(extra_splits or {})
+  source = TarShardDataSource(
+    splits,
+    vocabulary=vocab,
+    member_format=member_format,
+    strict=strict,
+    window=shuffle_window,
+    append_eos_to_text=append_eos_to_text,
+  )
+  preprocessors = [seqio.CacheDatasetPlaceholder()]
+  if split_long_samples:
+    preprocessors.append(split_to_targets_length)
+  if overwrite and name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+    name,
+    source=source,
+    output_features={"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
+    preprocessors=preprocessors,
+    shuffle_buffer_size=None,
+    metric_fns=list(metrics_fns),
+  )
 
 
 @gin.configurable(module="tasks")
-def tar_shard_task(name: str = "tar_shards", train_shards=gin.REQUIRED, validation_shards=None,
-                   vocabulary=None, **options) -> str:
-    """Gin entry point: registers a tar-shard task and returns its name, so a run gin
-    can say ``MIXTURE_OR_TASK_NAME = @tasks.tar_shard_task()`` and bind
-    ``tasks.tar_shard_task.train_shards = ['gs://bucket/books_train-{000000..000013}.tar.gz']``
-    (or index files), like the original ``conf/config.yaml`` ``train_shard_urls``."""
-    register_tar_shard_task(name, train_shards=train_shards, validation_shards=validation_shards,
-                            vocabulary=vocabulary, **options)
-    return name
+def tar_shard_task(
+  name: str = "tar_shards", train_shards=gin.REQUIRED, validation_shards=None, vocabulary=None, **options
+) -> str:
+  """Gin entry point: registers a tar-shard task and returns its name, so a run gin
+  can say ``MIXTURE_OR_TASK_NAME = @tasks.tar_shard_task()`` and bind
+  ``tasks.tar_shard_task.train_shards = ['gs://bucket/books_train-{000000..000013}.tar.gz']``
+  (or index files), like the original ``conf/config.yaml`` ``train_shard_urls``."""
+  register_tar_shard_task(
+    name, train_shards=train_shards, validation_shards=validation_shards, vocabulary=vocabulary, **options
+  )
+  return name
 
 
 def task_source(task_name: str) -> Optional[TarShardDataSource]:
-    provider = seqio.get_mixture_or_task(task_name)
-    src = getattr(provider, "source", None)
-    return src if isinstance(src, TarShardDataSource) else None
+  provider = seqio.get_mixture_or_task(task_name)
+  src = getattr(provider, "source", None)
+  return src if isinstance(src, TarShardDataSource) else None

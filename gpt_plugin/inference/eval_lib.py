@@ -15,6 +15,7 @@ converter lays out training rows. Scores go through `model.score_batch` with `de
 scored tokens, so a T5X `DecoderOnlyModel` works too. Bits per byte = total NLL / ln 2 / UTF-8 bytes of the
 scored text (needs a text vocabulary).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ from gpt_plugin import params_io
 def token_stream_from_task(name: str, split: str = "validation", max_tokens: Optional[int] = None) -> np.ndarray:
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
   provider = seqio.get_mixture_or_task(name)
   ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
   chunks, total = [], 0
@@ -59,18 +61,26 @@ def _windows(stream: np.ndarray, context: int, mode: str, stride: int):
   n = stream.size
   if mode == "nonoverlapping":
     for s in range(0, n - context + 1, context):
-      yield stream[s:s + context], np.ones((context,), np.float32)
+      yield stream[s : s + context], np.ones((context,), np.float32)
   elif mode == "sliding":
     for s in range(0, n - context + 1, stride):
       w = np.zeros((context,), np.float32)
-      w[(0 if s == 0 else context - stride):] = 1.0
-      yield stream[s:s + context], w
+      w[(0 if s == 0 else context - stride) :] = 1.0
+      yield stream[s : s + context], w
   else:
     raise ValueError(f"mode={mode!r} is not 'nonoverlapping' or 'sliding'")
 
 
-def score_stream(model, params, stream: np.ndarray, context: int, mode: str = "nonoverlapping",
-                 stride: Optional[int] = None, batch_tokens: int = 8192, score_fn=None) -> Dict[str, float]:
+def score_stream(
+  model,
+  params,
+  stream: np.ndarray,
+  context: int,
+  mode: str = "nonoverlapping",
+  stride: Optional[int] = None,
+  batch_tokens: int = 8192,
+  score_fn=None,
+) -> Dict[str, float]:
   """Total NLL (nats) and scored-token count of `stream` at one context length."""
   stride = stride or context
   batch = max(1, batch_tokens // context)
@@ -85,8 +95,14 @@ def score_stream(model, params, stream: np.ndarray, context: int, mode: str = "n
     tok = np.stack(rows + [np.ones((context,), np.int32)] * pad)
     wts = np.stack(weights + [np.zeros((context,), np.float32)] * pad)
     inputs = np.pad(tok, ((0, 0), (1, 0)))[:, :-1]
-    out = score_fn(params, {"decoder_input_tokens": jnp.asarray(inputs), "decoder_target_tokens": jnp.asarray(tok),
-                            "decoder_loss_weights": jnp.asarray(wts)})
+    out = score_fn(
+      params,
+      {
+        "decoder_input_tokens": jnp.asarray(inputs),
+        "decoder_target_tokens": jnp.asarray(tok),
+        "decoder_loss_weights": jnp.asarray(wts),
+      },
+    )
     nll += -float(np.sum(np.asarray(out)))
     count += float(wts.sum())
 
@@ -104,6 +120,7 @@ def score_stream(model, params, stream: np.ndarray, context: int, mode: str = "n
 def _num_bytes(vocab, ids: np.ndarray) -> Optional[int]:
   try:
     import seqio  # pylint: disable=import-outside-toplevel
+
     if vocab is None or isinstance(vocab, seqio.PassThroughVocabulary):
       return None
     # seqio's `decode` stops at the first EOS; count the bytes of every document (EOS contributes none).
@@ -124,13 +141,26 @@ def _num_bytes(vocab, ids: np.ndarray) -> Optional[int]:
     return None
 
 
-def evaluate(*, model: Any, checkpoint_path: str, train_length: int, output_dir: Optional[str] = None,
-             mixture_or_task_name: Optional[str] = None, split: str = "validation",
-             input_file: Optional[str] = None, context_multipliers: Sequence[float] = (1, 2, 4, 8),
-             context_lengths: Optional[Sequence[int]] = None, modes: Sequence[str] = ("nonoverlapping", "sliding"),
-             sliding_divisor: int = 4, max_eval_tokens: int = 32768, batch_tokens: int = 8192,
-             label: Optional[str] = None, compare_results: Sequence[str] = (), params: Any = None,
-             console: bool = True) -> Dict[str, Any]:
+def evaluate(
+  *,
+  model: Any,
+  checkpoint_path: str,
+  train_length: int,
+  output_dir: Optional[str] = None,
+  mixture_or_task_name: Optional[str] = None,
+  split: str = "validation",
+  input_file: Optional[str] = None,
+  context_multipliers: Sequence[float] = (1, 2, 4, 8),
+  context_lengths: Optional[Sequence[int]] = None,
+  modes: Sequence[str] = ("nonoverlapping", "sliding"),
+  sliding_divisor: int = 4,
+  max_eval_tokens: int = 32768,
+  batch_tokens: int = 8192,
+  label: Optional[str] = None,
+  compare_results: Sequence[str] = (),
+  params: Any = None,
+  console: bool = True,
+) -> Dict[str, Any]:
   """Scores the evaluation stream at each context length and mode; writes `eval_results.json` and
   `eval_perplexity.png` to `output_dir` (default `<checkpoint_path>/eval`). Returns the results dict.
 
@@ -179,8 +209,9 @@ def evaluate(*, model: Any, checkpoint_path: str, train_length: int, output_dir:
           print(f"eval {mode:>14} C={c:>6}: cannot run: {rec['error']}", flush=True)
         continue
       loss = s["nll"] / s["tokens"]
-      rec.update(tokens=s["tokens"], loss=loss, perplexity=math.exp(min(loss, 700.0)),
-                 seconds=round(time.time() - t0, 2))
+      rec.update(
+        tokens=s["tokens"], loss=loss, perplexity=math.exp(min(loss, 700.0)), seconds=round(time.time() - t0, 2)
+      )
       if num_bytes:
         rec["bits_per_byte"] = s["nll"] / math.log(2) / num_bytes
       results.append(rec)
@@ -188,9 +219,16 @@ def evaluate(*, model: Any, checkpoint_path: str, train_length: int, output_dir:
         bpb = f" bpb {rec['bits_per_byte']:.4f}" if "bits_per_byte" in rec else ""
         print(f"eval {mode:>14} C={c:>6}: loss {loss:.4f} ppl {rec['perplexity']:.3f}{bpb}", flush=True)
   cfg = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-  out = {"checkpoint": str(checkpoint_path), "label": label or _default_label(cfg, checkpoint_path),
-         "source": source, "train_length": train_length, "num_tokens": int(n), "num_bytes": num_bytes,
-         "position_embedding": getattr(cfg, "position_embedding", None), "results": results}
+  out = {
+    "checkpoint": str(checkpoint_path),
+    "label": label or _default_label(cfg, checkpoint_path),
+    "source": source,
+    "train_length": train_length,
+    "num_tokens": int(n),
+    "num_bytes": num_bytes,
+    "position_embedding": getattr(cfg, "position_embedding", None),
+    "results": results,
+  }
   output_dir = output_dir or os.path.join(os.fspath(checkpoint_path), "eval")
   os.makedirs(output_dir, exist_ok=True)
   json_path = os.path.join(output_dir, "eval_results.json")
@@ -216,8 +254,10 @@ def _default_label(cfg, path) -> str:
 def plot_results(all_results: Sequence[Mapping[str, Any]], path: str) -> str:
   """Perplexity vs context length (log2 axis, one line per model and mode); the training length is marked."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(7, 4.5))
   styles = {"nonoverlapping": "-", "sliding": "--"}
   markers = "osd^v<>"
@@ -226,8 +266,13 @@ def plot_results(all_results: Sequence[Mapping[str, Any]], path: str) -> str:
       rows = [r for r in res["results"] if r["mode"] == mode]
       ok = [r for r in rows if "perplexity" in r]
       if ok:
-        ax.plot([r["context"] for r in ok], [r["perplexity"] for r in ok], styles.get(mode, ":"),
-                marker=markers[i % len(markers)], label=f"{res.get('label', i)} [{mode}]")
+        ax.plot(
+          [r["context"] for r in ok],
+          [r["perplexity"] for r in ok],
+          styles.get(mode, ":"),
+          marker=markers[i % len(markers)],
+          label=f"{res.get('label', i)} [{mode}]",
+        )
       for r in rows:
         if "error" in r:
           ax.annotate("x", (r["context"], ax.get_ylim()[1] if ok else 1.0), color="red", ha="center")

@@ -7,6 +7,7 @@ each `targets` sequence) or from a text / JSONL file. Generation goes through `m
 with T5X's signature works, ours or T5X's. Predictions are written as JSONL lines
 `{"inputs": ..., "prediction": ..., "score": ...}` to `<output_dir>/<name>-predict.jsonl-00000-of-00001`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ from gpt_plugin import params_io
 @dataclasses.dataclass
 class DatasetConfig:
   """Prompt source (T5X's DatasetConfig fields that matter for inference)."""
+
   mixture_or_task_name: Optional[str] = None
   task_feature_lengths: Optional[Mapping[str, int]] = None
   split: str = "validation"
@@ -52,7 +54,7 @@ def _decode(vocab, ids: Sequence[int]) -> str:
   ids = [int(i) for i in ids]
   eos = vocab.eos_id
   if eos is not None and eos in ids:
-    ids = ids[:ids.index(eos)]
+    ids = ids[: ids.index(eos)]
   while ids and ids[-1] == 0:
     ids.pop()
   return vocab.decode(ids)
@@ -72,12 +74,20 @@ def decode_all(vocab, ids: Sequence[int]) -> str:
   return "\n\n".join(vocab.decode(d) for d in docs)
 
 
-def prompts_from_task(name: str, feature_lengths: Mapping[str, int], split: str, vocab,
-                      max_examples: Optional[int] = None, use_cached: bool = False,
-                      seed: Optional[int] = 0, shuffle: bool = False) -> Iterator[Prompt]:
+def prompts_from_task(
+  name: str,
+  feature_lengths: Mapping[str, int],
+  split: str,
+  vocab,
+  max_examples: Optional[int] = None,
+  use_cached: bool = False,
+  seed: Optional[int] = 0,
+  shuffle: bool = False,
+) -> Iterator[Prompt]:
   """Prompts from a seqio task: its `inputs` feature, or the first `inputs`-length tokens of `targets`."""
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
   provider = seqio.get_mixture_or_task(name)
   in_len = int(feature_lengths.get("inputs", 0) or 0)
   tgt_len = int(feature_lengths.get("targets", 0) or 0)
@@ -85,8 +95,9 @@ def prompts_from_task(name: str, feature_lengths: Mapping[str, int], split: str,
     raise ValueError(f"TASK_FEATURE_LENGTHS={dict(feature_lengths)} needs an 'inputs' length (the prompt length)")
   has_inputs = "inputs" in provider.output_features
   lengths = dict(feature_lengths) if has_inputs else {"targets": in_len + tgt_len}
-  ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, use_cached=use_cached,
-                            seed=seed, num_epochs=1)
+  ds = provider.get_dataset(
+    sequence_length=lengths, split=split, shuffle=shuffle, use_cached=use_cached, seed=seed, num_epochs=1
+  )
   n = 0
   for ex in ds.as_numpy_iterator():
     if max_examples is not None and n >= max_examples:
@@ -98,15 +109,14 @@ def prompts_from_task(name: str, feature_lengths: Mapping[str, int], split: str,
       tokens = [int(t) for t in ex["targets"]]
       if len(tokens) <= in_len:
         continue  # nothing left to predict
-      ids, ref = tokens[:in_len], decode_all(vocab, tokens[in_len:in_len + tgt_len])
+      ids, ref = tokens[:in_len], decode_all(vocab, tokens[in_len : in_len + tgt_len])
     if not ids:
       continue
     n += 1
     yield Prompt(text=decode_all(vocab, ids), ids=ids, reference=ref)
 
 
-def prompts_from_file(path: str, vocab, max_prompt_length: int, max_examples: Optional[int] = None
-                      ) -> Iterator[Prompt]:
+def prompts_from_file(path: str, vocab, max_prompt_length: int, max_examples: Optional[int] = None) -> Iterator[Prompt]:
   """One prompt per line of a text file, or per JSON object (field `inputs`, `prompt` or `text`) of a .jsonl."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"prompt file {path!r} does not exist")
@@ -130,8 +140,10 @@ def prompts_from_file(path: str, vocab, max_prompt_length: int, max_examples: Op
       if not ids:
         raise ValueError(f"{path}:{lineno}: prompt {text!r} is empty after tokenization")
       if len(ids) > max_prompt_length:
-        raise ValueError(f"{path}:{lineno}: prompt of {len(ids)} tokens is longer than the prompt length "
-                         f"{max_prompt_length} (TASK_FEATURE_LENGTHS['inputs'])")
+        raise ValueError(
+          f"{path}:{lineno}: prompt of {len(ids)} tokens is longer than the prompt length "
+          f"{max_prompt_length} (TASK_FEATURE_LENGTHS['inputs'])"
+        )
       n += 1
       yield Prompt(text=text, ids=ids, reference=ref)
 
@@ -141,8 +153,9 @@ def make_predict_fn(model, num_decodes: int = 1, decoder_params: Optional[Mappin
   decoder_params = dict(decoder_params or {})
 
   def predict(params, batch, rng):
-    decodes, aux = model.predict_batch_with_aux(params, batch, rng=rng, num_decodes=num_decodes,
-                                                decoder_params=dict(decoder_params))
+    decodes, aux = model.predict_batch_with_aux(
+      params, batch, rng=rng, num_decodes=num_decodes, decoder_params=dict(decoder_params)
+    )
     return decodes, aux["scores"]
 
   return jax.jit(predict)
@@ -156,17 +169,30 @@ def build_batch(prompts: Sequence[Sequence[int]], batch_size: int, length: int) 
     p = list(prompts[b]) if b < len(prompts) else [1]
     if len(p) >= length:
       raise ValueError(f"prompt of {len(p)} tokens does not fit the decode length {length}")
-    tokens[b, 1:len(p) + 1] = p
-    causal[b, :len(p) + 1] = 1
-  return {"decoder_input_tokens": jnp.asarray(tokens), "decoder_target_tokens": jnp.asarray(tokens),
-          "decoder_causal_attention": jnp.asarray(causal)}
+    tokens[b, 1 : len(p) + 1] = p
+    causal[b, : len(p) + 1] = 1
+  return {
+    "decoder_input_tokens": jnp.asarray(tokens),
+    "decoder_target_tokens": jnp.asarray(tokens),
+    "decoder_causal_attention": jnp.asarray(causal),
+  }
 
 
-def infer(*, model: Any, checkpoint_path: str, output_dir: str, mode: str = "predict",
-          dataset_cfg: Optional[DatasetConfig] = None, input_file: Optional[str] = None,
-          max_examples: Optional[int] = None, num_decodes: int = 1,
-          decoder_params: Optional[Mapping[str, Any]] = None, seed: int = 0,
-          output_name: Optional[str] = None, console: bool = True) -> str:
+def infer(
+  *,
+  model: Any,
+  checkpoint_path: str,
+  output_dir: str,
+  mode: str = "predict",
+  dataset_cfg: Optional[DatasetConfig] = None,
+  input_file: Optional[str] = None,
+  max_examples: Optional[int] = None,
+  num_decodes: int = 1,
+  decoder_params: Optional[Mapping[str, Any]] = None,
+  seed: int = 0,
+  output_name: Optional[str] = None,
+  console: bool = True,
+) -> str:
   """Generates a continuation for every prompt and writes JSONL; returns the output file path.
 
   The decode length is `inputs + targets` of `dataset_cfg.task_feature_lengths` (prompts at most `inputs`
@@ -177,8 +203,9 @@ def infer(*, model: Any, checkpoint_path: str, output_dir: str, mode: str = "pre
   cfg = dataset_cfg or DatasetConfig()
   lengths = dict(cfg.task_feature_lengths or {})
   if not lengths.get("inputs") or not lengths.get("targets"):
-    raise ValueError(f"TASK_FEATURE_LENGTHS={lengths} must give both 'inputs' (prompt) and 'targets' "
-                     f"(continuation) lengths")
+    raise ValueError(
+      f"TASK_FEATURE_LENGTHS={lengths} must give both 'inputs' (prompt) and 'targets' (continuation) lengths"
+    )
   total = int(lengths["inputs"]) + int(lengths["targets"])
   vocab = _vocab(model)
   params = params_io.load_model_params(checkpoint_path, model)
@@ -188,8 +215,9 @@ def infer(*, model: Any, checkpoint_path: str, output_dir: str, mode: str = "pre
   else:
     if not cfg.mixture_or_task_name:
       raise ValueError("give MIXTURE_OR_TASK_NAME (a seqio task) or INPUT_FILE (text/JSONL prompts)")
-    prompts = prompts_from_task(cfg.mixture_or_task_name, lengths, cfg.split, vocab, max_examples,
-                                cfg.use_cached, cfg.seed, cfg.shuffle)
+    prompts = prompts_from_task(
+      cfg.mixture_or_task_name, lengths, cfg.split, vocab, max_examples, cfg.use_cached, cfg.seed, cfg.shuffle
+    )
     name = output_name or cfg.mixture_or_task_name
   predict = make_predict_fn(model, num_decodes, decoder_params)
   os.makedirs(output_dir, exist_ok=True)
@@ -226,18 +254,37 @@ def infer(*, model: Any, checkpoint_path: str, output_dir: str, mode: str = "pre
   return out_path
 
 
-def interactive(prompts: Sequence[str], *, model: Any, checkpoint_path: str, max_new_tokens: int = 64,
-                temperature: float = 0.8, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                sample: bool = True, num_samples: int = 1, seed: int = 0, print_fn=print) -> List[List[str]]:
+def interactive(
+  prompts: Sequence[str],
+  *,
+  model: Any,
+  checkpoint_path: str,
+  max_new_tokens: int = 64,
+  temperature: float = 0.8,
+  top_k: Optional[int] = None,
+  top_p: Optional[float] = None,
+  sample: bool = True,
+  num_samples: int = 1,
+  seed: int = 0,
+  print_fn=print,
+) -> List[List[str]]:
   """Text in, text out for people: prints each prompt followed by its continuation(s)."""
   from gpt_plugin import generate  # pylint: disable=import-outside-toplevel
+
   params = params_io.load_model_params(checkpoint_path, model)
   gen = generate.Generator(model, params)
   results = []
   for i, prompt in enumerate(prompts):
-    out = gen.generate_text([prompt], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, sample=sample, num_samples=num_samples,
-                            sample_rng=jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    out = gen.generate_text(
+      [prompt],
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      sample=sample,
+      num_samples=num_samples,
+      sample_rng=jax.random.fold_in(jax.random.PRNGKey(seed), i),
+    )
     texts = list(out[0]) if num_samples > 1 else [out[0]]
     for text in texts:
       print_fn(prompt + text)

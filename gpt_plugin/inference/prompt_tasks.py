@@ -5,6 +5,7 @@
 task: each sample's first `inputs`-length tokens become `inputs`, the next `targets`-length tokens `targets`.
 Importing this module registers `pydocs_prompts` (gin: `import gpt_plugin.inference.prompt_tasks`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,9 @@ import seqio
 import tensorflow as tf
 
 
-def split_prompt_continuation(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None,
-                              output_features=None) -> tf.data.Dataset:
+def split_prompt_continuation(
+  dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None, output_features=None
+) -> tf.data.Dataset:
   """{'targets': t} -> {'inputs': t[:Li], 'targets': t[Li:Li+Lt]}; samples with nothing after the prompt drop."""
   del output_features
   if not sequence_length or not sequence_length.get("inputs"):
@@ -25,11 +27,10 @@ def split_prompt_continuation(dataset: tf.data.Dataset, sequence_length: Optiona
 
   def split(ex):
     t = ex["targets"]
-    out = {"inputs": t[:in_len], "targets": t[in_len:] if tgt_len is None else t[in_len:in_len + int(tgt_len)]}
+    out = {"inputs": t[:in_len], "targets": t[in_len:] if tgt_len is None else t[in_len : in_len + int(tgt_len)]}
     return out
 
-  return dataset.filter(lambda ex: tf.size(ex["targets"]) > in_len).map(
-      split, num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.filter(lambda ex: tf.size(ex["targets"]) > in_len).map(split, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def register_prompt_task(name: str, lm_task: str, overwrite: bool = True) -> seqio.Task:
@@ -38,10 +39,15 @@ def register_prompt_task(name: str, lm_task: str, overwrite: bool = True) -> seq
   if overwrite and name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
-      name, source=base.source,
-      output_features={"inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
-                       "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)},
-      preprocessors=[split_prompt_continuation], shuffle_buffer_size=None)
+    name,
+    source=base.source,
+    output_features={
+      "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+      "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+    },
+    preprocessors=[split_prompt_continuation],
+    shuffle_buffer_size=None,
+  )
 
 
 import tasks  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import  (registers pydocs)

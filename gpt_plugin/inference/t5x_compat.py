@@ -11,6 +11,7 @@ r"""Checkpoints across the two runners.
   python -m gpt_plugin.inference.t5x_compat --checkpoint_path=/tmp/quickstart --output_dir=/tmp/quickstart_t5x
 No t5x import is needed for either direction.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def _step_of(path: str) -> int:
 def to_t5x_checkpoint(checkpoint_path: str, output_dir: str, step: Optional[int] = None) -> str:
   """Writes a T5X-layout checkpoint with the params of `checkpoint_path`; returns the step directory."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   params, path = params_io.load_params(checkpoint_path)  # numpy; only the params of a train state are read
   if step is None:
     step = _step_of(path)

@@ -1,5 +1,6 @@
 """What the Triton (GPU) and Mosaic (TPU) flash-ALiBi kernels share: input checks, the masking constant, the
 score scale, and the packed-segment block ranges that let both skip tiles with no same-document pair."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ def check_inputs(q, k, v, slopes, segment_ids, *, name: str):
     raise ValueError(f"{name}: q must be [batch, seq, heads, head_dim], got {q.shape}")
   if k.shape != q.shape or v.shape != q.shape:
     raise NotImplementedError(
-        f"{name} supports self-attention with identical q/k/v shapes only (no GQA/MQA, no kv cache); got "
-        f"q{q.shape} k{k.shape} v{v.shape}.")
+      f"{name} supports self-attention with identical q/k/v shapes only (no GQA/MQA, no kv cache); got "
+      f"q{q.shape} k{k.shape} v{v.shape}."
+    )
   if tuple(jnp.shape(slopes)) != (q.shape[2],):
     raise ValueError(f"{name}: slopes must have shape [heads]=({q.shape[2]},), got {jnp.shape(slopes)}")
   if segment_ids is not None and tuple(segment_ids.shape) != q.shape[:2]:

@@ -49,6 +49,7 @@ internally; padded keys are masked (non-causal) or unreachable (causal), padded
 query rows are dropped.  head_dim is zero-padded to the next power of two
 (>= 16) because Triton tiles need power-of-two shapes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,14 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from gpt_plugin.kernels.common import (MASK_VALUE, check_inputs, resolve_sm_scale, round_up,
-                                       segment_block_ranges, segment_extent)
+from gpt_plugin.kernels.common import (
+  MASK_VALUE,
+  check_inputs,
+  resolve_sm_scale,
+  round_up,
+  segment_block_ranges,
+  segment_extent,
+)
 
 try:  # The Triton backend module; absent on some jaxlib builds.
   from jax.experimental.pallas import triton as plgpu
@@ -72,13 +79,13 @@ except ImportError:  # pragma: no cover
   plgpu = None
 
 __all__ = [
-    "alibi_slopes",
-    "flash_alibi_attention",
-    "flash_alibi_reference",
-    "flash_alibi_block_counts",
-    "default_tiles",
-    "default_num_warps",
-    "default_num_stages",
+  "alibi_slopes",
+  "flash_alibi_attention",
+  "flash_alibi_reference",
+  "flash_alibi_block_counts",
+  "default_tiles",
+  "default_num_warps",
+  "default_num_stages",
 ]
 
 _LOG2E = math.log2(math.e)
@@ -126,12 +133,13 @@ def _warn_once(key: str, msg: str):
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """Static configuration of one Pallas flash-attention call (hashable)."""
-  seq_len: int          # real (unpadded) sequence length
-  block_q: int          # forward kernel tiles
+
+  seq_len: int  # real (unpadded) sequence length
+  block_q: int  # forward kernel tiles
   block_k: int
-  bwd_block_q: int      # backward kernels tiles
+  bwd_block_q: int  # backward kernels tiles
   bwd_block_k: int
-  head_dim: int         # real head_dim (sm_scale is already resolved)
+  head_dim: int  # real head_dim (sm_scale is already resolved)
   sm_scale: float
   causal: bool
   has_segments: bool
@@ -145,8 +153,11 @@ class _Config:
 # limits on sm_90 and sm_80, with and without packing, as reported by `benchmarks/kernel_resources.py` (registers,
 # spills and shared memory of the compiled kernels). Timings on a GPU may move them (`benchmarks/attention.py --sweep`).
 _DEFAULT_LAUNCH = {  # padded head_dim -> (block_q, block_k, bwd_block_q, bwd_block_k, num_stages)
-    16: (128, 64, 64, 64, 3), 32: (128, 64, 64, 64, 3), 64: (128, 64, 64, 64, 3), 128: (64, 64, 64, 64, 2),
-    256: (32, 64, 32, 32, 2),
+  16: (128, 64, 64, 64, 3),
+  32: (128, 64, 64, 64, 3),
+  64: (128, 64, 64, 64, 3),
+  128: (64, 64, 64, 64, 2),
+  256: (32, 64, 32, 32, 2),
 }
 
 
@@ -175,8 +186,7 @@ def default_num_warps(kernel: str, block_q: int, block_k: int, head_dim: int) ->
 def _compiler_params(cfg: _Config, num_warps: int):
   if cfg.interpret or plgpu is None:
     return None
-  cls = getattr(plgpu, "CompilerParams", None) or getattr(
-      plgpu, "TritonCompilerParams")
+  cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
   return cls(num_warps=num_warps, num_stages=cfg.num_stages)
 
 
@@ -198,13 +208,11 @@ def _tile_mask(qp, kp, qseg, kseg, *, causal: bool, kv_len: Optional[int]):
 
 def _dot_nt(a, b):
   """a @ b.T with fp32 accumulation (contracting the last dims)."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _dot_nn(a, b):
-  return lax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -264,15 +272,14 @@ def _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, causal, lo=None,
   return lax.fori_loop(*_clip_range(n_full, n_end, lo, hi), functools.partial(body, apply_causal=True), carry)
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
-                num_k_blocks: int, kv_len: Optional[int]):
+def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config, num_k_blocks: int, kv_len: Optional[int]):
   qseg_ref, kseg_ref, bounds, (o_ref, lse_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   bq, bk = cfg.block_q, cfg.block_k
   i = pl.program_id(0)
   q = q_ref[...]
   qp = (i * bq + jnp.arange(bq, dtype=jnp.int32))[:, None]
-  slope = slope_ref[...][:, None]                     # [bq, 1], fp32
+  slope = slope_ref[...][:, None]  # [bq, 1], fp32
   qseg = None if qseg_ref is None else qseg_ref[...][:, None]
   scale2 = cfg.sm_scale * _LOG2E
   dp = q_ref.shape[-1]
@@ -290,10 +297,12 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
     acc = acc * alpha[:, None] + _dot_nn(p.astype(v.dtype), v)
     return acc, m_new, l, cnt + 1
 
-  carry = (jnp.zeros((bq, dp), jnp.float32),
-           jnp.full((bq,), MASK_VALUE, jnp.float32),
-           jnp.zeros((bq,), jnp.float32),
-           jnp.int32(0))
+  carry = (
+    jnp.zeros((bq, dp), jnp.float32),
+    jnp.full((bq,), MASK_VALUE, jnp.float32),
+    jnp.zeros((bq,), jnp.float32),
+    jnp.int32(0),
+  )
   carry = _loop_over_key_blocks(body, carry, i, bq, bk, num_k_blocks, cfg.causal, *_segment_bounds(bounds))
   acc, m, l, cnt = carry
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
@@ -302,8 +311,19 @@ def _fwd_kernel(q_ref, k_ref, v_ref, slope_ref, *rest, cfg: _Config,
     cnt_ref[...] = jnp.full((bq,), cnt, jnp.int32)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
-               *rest, cfg: _Config, num_k_blocks: int, kv_len: Optional[int]):
+def _dq_kernel(
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  slope_ref,
+  *rest,
+  cfg: _Config,
+  num_k_blocks: int,
+  kv_len: Optional[int],
+):
   qseg_ref, kseg_ref, bounds, (dq_ref,), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=1)
 
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
@@ -338,9 +358,19 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     cnt_ref[...] = jnp.full((bq,), cnt, jnp.int32)
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
-                 *rest, cfg: _Config, num_q_blocks: int,
-                 kv_len: Optional[int]):
+def _dkdv_kernel(
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  slope_ref,
+  *rest,
+  cfg: _Config,
+  num_q_blocks: int,
+  kv_len: Optional[int],
+):
   kseg_ref, qseg_ref, bounds, (dk_ref, dv_ref), cnt_ref = _split_trailing_refs(rest, cfg, num_outputs=2)
 
   # Tiles are transposed: rows are keys, columns are queries.
@@ -367,28 +397,26 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, slope_ref,
     mask = _tile_mask(qp, kp, qseg, kseg, causal=apply_causal, kv_len=kv_len)
     if mask is not None:
       st = jnp.where(mask, st, MASK_VALUE)
-    pt = jnp.exp2(st - lse)                                # [bk, bq]
+    pt = jnp.exp2(st - lse)  # [bk, bq]
     dv = dv + _dot_nn(pt.astype(do.dtype), do)
     dpt = _dot_nt(v, do)
     dst = pt * (dpt - delta)
     dk = dk + _dot_nn(dst.astype(q.dtype), q)
     return dk, dv, cnt + 1
 
-  carry = (jnp.zeros(k_ref.shape, jnp.float32),
-           jnp.zeros(v_ref.shape, jnp.float32), jnp.int32(0))
+  carry = (jnp.zeros(k_ref.shape, jnp.float32), jnp.zeros(v_ref.shape, jnp.float32), jnp.int32(0))
   lo, hi = _segment_bounds(bounds)
   if cfg.causal:
     # Query blocks before the one holding this key block's first key are
     # fully masked (skipped); blocks from i_full on see every key of the block.
     i_lo = lax.div(j * bk, bq)
     i_full = jnp.minimum(lax.div((j + 1) * bk + bq - 2, bq), num_q_blocks)
-    carry = lax.fori_loop(*_clip_range(i_lo, i_full, lo, hi),
-                          functools.partial(body, apply_causal=True), carry)
-    carry = lax.fori_loop(*_clip_range(i_full, num_q_blocks, lo, hi),
-                          functools.partial(body, apply_causal=False), carry)
+    carry = lax.fori_loop(*_clip_range(i_lo, i_full, lo, hi), functools.partial(body, apply_causal=True), carry)
+    carry = lax.fori_loop(
+      *_clip_range(i_full, num_q_blocks, lo, hi), functools.partial(body, apply_causal=False), carry
+    )
   else:
-    carry = lax.fori_loop(*_clip_range(0, num_q_blocks, lo, hi),
-                          functools.partial(body, apply_causal=False), carry)
+    carry = lax.fori_loop(*_clip_range(0, num_q_blocks, lo, hi), functools.partial(body, apply_causal=False), carry)
   dk, dv, cnt = carry
   dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -426,35 +454,37 @@ def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
   nq, nk = tp // bq, tp // bk
   slope_rows = jnp.broadcast_to(slopes2[:, None], (nh, bq))
   in_specs = [
-      _seq_block_spec(bq, dp), _full_seq_spec(tp, dp), _full_seq_spec(tp, dp),
-      pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
+    _seq_block_spec(bq, dp),
+    _full_seq_spec(tp, dp),
+    _full_seq_spec(tp, dp),
+    pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
   ]
   args = [q, k, v, slope_rows]
   if cfg.has_segments:
-    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
-                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    in_specs += [
+      pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
+      pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
+      _scalar_per_block_spec(),
+      _scalar_per_block_spec(),
+    ]
     ids, extent = seg
     args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
-  out_specs = [_seq_block_spec(bq, dp),
-               pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
+  out_specs = [_seq_block_spec(bq, dp), pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))]
   if cfg.debug_counts:
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i)))
   num_warps = cfg.num_warps or default_num_warps("fwd", bq, bk, dp)
-  kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=nk,
-                             kv_len=_kv_len(cfg, tp))
+  kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=nk, kv_len=_kv_len(cfg, tp))
   return pl.pallas_call(
-      kernel,
-      grid=(nq, bsz, nh),
-      in_specs=in_specs,
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=_compiler_params(cfg, num_warps),
-      interpret=cfg.interpret,
-      name="flash_alibi_fwd",
+    kernel,
+    grid=(nq, bsz, nh),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=_compiler_params(cfg, num_warps),
+    interpret=cfg.interpret,
+    name="flash_alibi_fwd",
   )(*args)
 
 
@@ -464,23 +494,29 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   nq, nk = tp // bq, tp // bk
   kv_len = _kv_len(cfg, tp)
   # delta_i = sum_d o_id * do_id (fp32), laid out like lse: [B, H, Tp].
-  delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32),
-                     do.astype(jnp.float32))
+  delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
   warps = lambda kernel: cfg.num_warps or default_num_warps(kernel, bq, bk, dp)
 
   # dq: grid over query blocks.
   row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
   in_specs = [
-      _seq_block_spec(bq, dp), _full_seq_spec(tp, dp), _full_seq_spec(tp, dp),
-      _seq_block_spec(bq, dp), row_spec, row_spec,
-      pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
+    _seq_block_spec(bq, dp),
+    _full_seq_spec(tp, dp),
+    _full_seq_spec(tp, dp),
+    _seq_block_spec(bq, dp),
+    row_spec,
+    row_spec,
+    pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bq))]
   if cfg.has_segments:
     ids, extent = seg
-    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-                 pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
-                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    in_specs += [
+      pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
+      pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
+      _scalar_per_block_spec(),
+      _scalar_per_block_spec(),
+    ]
     args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
   out_specs = [_seq_block_spec(bq, dp)]
@@ -488,37 +524,50 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(row_spec)
   dq_out = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, kv_len=kv_len),
-      grid=(nq, bsz, nh),
-      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=_compiler_params(cfg, warps("dq")), interpret=cfg.interpret, name="flash_alibi_bwd_dq",
+    functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, kv_len=kv_len),
+    grid=(nq, bsz, nh),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=_compiler_params(cfg, warps("dq")),
+    interpret=cfg.interpret,
+    name="flash_alibi_bwd_dq",
   )(*args)
 
   # dk, dv: grid over key blocks.
   full_row = pl.BlockSpec((None, None, tp), lambda j, b, h: (b, h, 0))
   in_specs = [
-      _full_seq_spec(tp, dp), _seq_block_spec(bk, dp), _seq_block_spec(bk, dp),
-      _full_seq_spec(tp, dp), full_row, full_row,
-      pl.BlockSpec((None, bk), lambda j, b, h: (h, 0)),
+    _full_seq_spec(tp, dp),
+    _seq_block_spec(bk, dp),
+    _seq_block_spec(bk, dp),
+    _full_seq_spec(tp, dp),
+    full_row,
+    full_row,
+    pl.BlockSpec((None, bk), lambda j, b, h: (h, 0)),
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bk))]
   if cfg.has_segments:
-    in_specs += [pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
-                 pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
-                 _scalar_per_block_spec(), _scalar_per_block_spec()]
+    in_specs += [
+      pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
+      pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
+      _scalar_per_block_spec(),
+      _scalar_per_block_spec(),
+    ]
     args += [ids, ids, *segment_block_ranges(extent, bk, bq)]
-  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype),
-               jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
   out_specs = [_seq_block_spec(bk, dp), _seq_block_spec(bk, dp)]
   if cfg.debug_counts:
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, bk), lambda j, b, h: (b, h, j)))
   dkdv_out = pl.pallas_call(
-      functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq, kv_len=kv_len),
-      grid=(nk, bsz, nh),
-      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=_compiler_params(cfg, warps("dkdv")), interpret=cfg.interpret,
-      name="flash_alibi_bwd_dkdv",
+    functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq, kv_len=kv_len),
+    grid=(nk, bsz, nh),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=_compiler_params(cfg, warps("dkdv")),
+    interpret=cfg.interpret,
+    name="flash_alibi_bwd_dkdv",
   )(*args)
   return dq_out, dkdv_out
 
@@ -551,25 +600,31 @@ def _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret):
   _, t, _, d = q.shape
   if not interpret:
     if q.dtype not in _SUPPORTED_DTYPES:
-      raise NotImplementedError(
-          f"flash_alibi (Triton) supports bf16/f16/f32 inputs, got {q.dtype}.")
+      raise NotImplementedError(f"flash_alibi (Triton) supports bf16/f16/f32 inputs, got {q.dtype}.")
     if d > _GPU_MAX_HEAD_DIM:
       raise NotImplementedError(
-          f"flash_alibi (Triton): head_dim={d} > {_GPU_MAX_HEAD_DIM} does not "
-          "fit the kernel's register/shared-memory tiles; use "
-          "implementation='reference' or cudnn.")
-    for name, b in (("block_q", block_q), ("block_k", block_k),
-                    ("bwd_block_q", bwd_block_q), ("bwd_block_k", bwd_block_k)):
+        f"flash_alibi (Triton): head_dim={d} > {_GPU_MAX_HEAD_DIM} does not "
+        "fit the kernel's register/shared-memory tiles; use "
+        "implementation='reference' or cudnn."
+      )
+    for name, b in (
+      ("block_q", block_q),
+      ("block_k", block_k),
+      ("bwd_block_q", bwd_block_q),
+      ("bwd_block_k", bwd_block_k),
+    ):
       if not (_is_pow2(b) and b >= 16):
         raise NotImplementedError(
-            f"flash_alibi (Triton): {name}={b} must be a power of two >= 16 "
-            "(Triton tile shapes are powers of two; tl.dot needs >= 16).")
+          f"flash_alibi (Triton): {name}={b} must be a power of two >= 16 "
+          "(Triton tile shapes are powers of two; tl.dot needs >= 16)."
+        )
   dp = max(16, _next_pow2(d))
   if dp != d and not interpret:
     _warn_once(
-        f"pad_head_dim_{d}",
-        f"flash_alibi: head_dim={d} is not a power of two >= 16; q/k/v are "
-        f"zero-padded to {dp} for the Triton tiles (extra memory traffic).")
+      f"pad_head_dim_{d}",
+      f"flash_alibi: head_dim={d} is not a power of two >= 16; q/k/v are "
+      f"zero-padded to {dp} for the Triton tiles (extra memory traffic).",
+    )
   # Short sequences: shrink the tiles (keeps powers of two).
   cap = max(16, _next_pow2(t))
   bq, bk = min(block_q, cap), min(block_k, cap)
@@ -578,18 +633,41 @@ def _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret):
   return bq, bk, bbq, bbk, round_up(t, mult), dp
 
 
-def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
-                  block_k, bwd_block_q, bwd_block_k, interpret, num_warps,
-                  num_stages, debug_counts=False):
+def _flash_pallas(
+  q,
+  k,
+  v,
+  slopes,
+  segment_ids,
+  *,
+  causal,
+  sm_scale,
+  block_q,
+  block_k,
+  bwd_block_q,
+  bwd_block_k,
+  interpret,
+  num_warps,
+  num_stages,
+  debug_counts=False,
+):
   bsz, t, nh, d = q.shape
-  bq, bk, bbq, bbk, tp, dp = _pallas_plan(q, block_q, block_k, bwd_block_q,
-                                          bwd_block_k, interpret)
-  cfg = _Config(seq_len=t, block_q=bq, block_k=bk, bwd_block_q=bbq,
-                bwd_block_k=bbk, head_dim=d,
-                sm_scale=resolve_sm_scale(sm_scale, d), causal=bool(causal),
-                has_segments=segment_ids is not None, interpret=bool(interpret),
-                num_warps=num_warps, num_stages=num_stages,
-                debug_counts=debug_counts)
+  bq, bk, bbq, bbk, tp, dp = _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret)
+  cfg = _Config(
+    seq_len=t,
+    block_q=bq,
+    block_k=bk,
+    bwd_block_q=bbq,
+    bwd_block_k=bbk,
+    head_dim=d,
+    sm_scale=resolve_sm_scale(sm_scale, d),
+    causal=bool(causal),
+    has_segments=segment_ids is not None,
+    interpret=bool(interpret),
+    num_warps=num_warps,
+    num_stages=num_stages,
+    debug_counts=debug_counts,
+  )
   pad = ((0, 0), (0, tp - t), (0, 0), (0, dp - d))
   if tp != t or dp != d:
     q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
@@ -597,8 +675,7 @@ def _flash_pallas(q, k, v, slopes, segment_ids, *, causal, sm_scale, block_q,
   if segment_ids is not None:
     # Padded positions get their own segment id (-1 is never compared with a
     # real query because real queries are kept, padded ones are dropped).
-    ids = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, tp - t)),
-                  constant_values=-1)
+    ids = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, tp - t)), constant_values=-1)
     # With each segment's first/last position, computed once for the forward
     # and both backward kernels (their packed block ranges).
     seg = (ids, segment_extent(ids))
@@ -625,11 +702,24 @@ def _resolve_tiles(head_dim, block_q, block_k, bwd_block_q, bwd_block_k):
   return block_q, block_k, bwd_block_q or min(block_q, fbbq), bwd_block_k or min(block_k, fbbk)
 
 
-def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
-                          sm_scale=None, block_q=None, block_k=None,
-                          interpret=None, implementation=None,
-                          bwd_block_q=None, bwd_block_k=None, num_warps=None,
-                          num_stages=None):
+def flash_alibi_attention(
+  q,
+  k,
+  v,
+  *,
+  slopes,
+  segment_ids=None,
+  causal=True,
+  sm_scale=None,
+  block_q=None,
+  block_k=None,
+  interpret=None,
+  implementation=None,
+  bwd_block_q=None,
+  bwd_block_k=None,
+  num_warps=None,
+  num_stages=None,
+):
   """Fused causal/packed ALiBi attention.  See the module docstring.
 
   Args:
@@ -670,43 +760,73 @@ def flash_alibi_attention(q, k, v, *, slopes, segment_ids=None, causal=True,
       impl, interpret = "triton", True
     else:
       _warn_once(
-          f"no_triton_{platform}",
-          f"flash_alibi_attention: interpret=False on backend '{platform}' "
-          "cannot compile the Triton kernel; using the blockwise jnp "
-          "reference (flash_alibi_reference) instead.")
+        f"no_triton_{platform}",
+        f"flash_alibi_attention: interpret=False on backend '{platform}' "
+        "cannot compile the Triton kernel; using the blockwise jnp "
+        "reference (flash_alibi_reference) instead.",
+      )
       impl = "reference"
     reason = _unsupported_by(impl, q, bool(interpret))
     if reason:
-      _warn_once(f"unsupported_{impl}_{q.dtype}_{q.shape[-1]}",
-                 f"flash_alibi_attention: {reason}; using the blockwise jnp reference (flash_alibi_reference) "
-                 "instead (pass implementation= to make this an error).")
+      _warn_once(
+        f"unsupported_{impl}_{q.dtype}_{q.shape[-1]}",
+        f"flash_alibi_attention: {reason}; using the blockwise jnp reference (flash_alibi_reference) "
+        "instead (pass implementation= to make this an error).",
+      )
       impl = "reference"
   if impl == "reference":
-    return flash_alibi_reference(q, k, v, slopes=slopes,
-                                 segment_ids=segment_ids, causal=causal,
-                                 sm_scale=sm_scale, block_k=max(block_k or 128, 128))
+    return flash_alibi_reference(
+      q,
+      k,
+      v,
+      slopes=slopes,
+      segment_ids=segment_ids,
+      causal=causal,
+      sm_scale=sm_scale,
+      block_k=max(block_k or 128, 128),
+    )
   if impl == "tpu":
-    return _tpu_flash(q, k, v, slopes=slopes, segment_ids=segment_ids,
-                      causal=causal, sm_scale=sm_scale)
+    return _tpu_flash(q, k, v, slopes=slopes, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
   if impl != "triton":
     raise ValueError(f"unknown implementation {implementation!r}")
   interpret = bool(interpret)
-  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(
-      q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
+  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
-      q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
-      block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
-      bwd_block_k=bwd_block_k, interpret=interpret, num_warps=num_warps,
-      num_stages=num_stages or default_num_stages(q.shape[-1]))
+    q,
+    k,
+    v,
+    slopes,
+    segment_ids,
+    causal=causal,
+    sm_scale=sm_scale,
+    block_q=block_q,
+    block_k=block_k,
+    bwd_block_q=bwd_block_q,
+    bwd_block_k=bwd_block_k,
+    interpret=interpret,
+    num_warps=num_warps,
+    num_stages=num_stages or default_num_stages(q.shape[-1]),
+  )
   out = _flash_core(cfg, qp, kp, vp, slopes2, seg)
   bsz, t, nh, d = q.shape
   return out[:, :t, :, :d]
 
 
-def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
-                             sm_scale=None, block_q=None, block_k=None,
-                             bwd_block_q=None, bwd_block_k=None,
-                             interpret=True):
+def flash_alibi_block_counts(
+  q,
+  k,
+  v,
+  *,
+  slopes,
+  segment_ids=None,
+  causal=True,
+  sm_scale=None,
+  block_q=None,
+  block_k=None,
+  bwd_block_q=None,
+  bwd_block_k=None,
+  interpret=True,
+):
   """Debug helper: how many tiles each kernel program actually processed.
 
   Runs the forward, dq and dk/dv kernels with an iteration counter and
@@ -716,20 +836,34 @@ def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
   dense kernel would report ``num_blocks`` everywhere.
   """
   check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
-  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(
-      q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
+  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
-      q, k, v, slopes, segment_ids, causal=causal, sm_scale=sm_scale,
-      block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
-      bwd_block_k=bwd_block_k, interpret=interpret, num_warps=None,
-      num_stages=default_num_stages(q.shape[-1]), debug_counts=True)
+    q,
+    k,
+    v,
+    slopes,
+    segment_ids,
+    causal=causal,
+    sm_scale=sm_scale,
+    block_q=block_q,
+    block_k=block_k,
+    bwd_block_q=bwd_block_q,
+    bwd_block_k=bwd_block_k,
+    interpret=interpret,
+    num_warps=None,
+    num_stages=default_num_stages(q.shape[-1]),
+    debug_counts=True,
+  )
   o, lse, cnt_f = _fwd_call(cfg, qp, kp, vp, slopes2, seg)
   do = jnp.ones_like(o)
-  (_, cnt_dq), (_, _, cnt_kv) = _bwd_calls(cfg, qp, kp, vp, slopes2, seg, o,
-                                           lse, do)
+  (_, cnt_dq), (_, _, cnt_kv) = _bwd_calls(cfg, qp, kp, vp, slopes2, seg, o, lse, do)
   t, d = q.shape[1], q.shape[3]
-  return (o[:, :t, :, :d], cnt_f[:, :, ::cfg.block_q],
-          cnt_dq[:, :, ::cfg.bwd_block_q], cnt_kv[:, :, ::cfg.bwd_block_k])
+  return (
+    o[:, :t, :, :d],
+    cnt_f[:, :, :: cfg.block_q],
+    cnt_dq[:, :, :: cfg.bwd_block_q],
+    cnt_kv[:, :, :: cfg.bwd_block_k],
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -737,6 +871,7 @@ def flash_alibi_block_counts(q, k, v, *, slopes, segment_ids=None, causal=True,
 # ----------------------------------------------------------------------------
 def _tpu_flash(q, k, v, *, slopes, segment_ids, causal, sm_scale):
   from gpt_plugin.kernels.flash_alibi_tpu import flash_alibi_tpu  # pylint: disable=import-outside-toplevel
+
   return flash_alibi_tpu(q, k, v, slopes=slopes, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
 
 
@@ -764,8 +899,9 @@ def _ref_chunks(cfg: _RefConfig, k, v, seg):
 
   segc = None
   if seg is not None:
-    segc = jnp.pad(seg.astype(jnp.int32), ((0, 0), (0, tp - t)),
-                   constant_values=-1).reshape(bsz, n, blk).transpose(1, 0, 2)
+    segc = (
+      jnp.pad(seg.astype(jnp.int32), ((0, 0), (0, tp - t)), constant_values=-1).reshape(bsz, n, blk).transpose(1, 0, 2)
+    )
   return chunk(k), chunk(v), segc, n
 
 
@@ -800,13 +936,14 @@ def _ref_forward(cfg, q, k, v, slopes, seg):
     alpha = jnp.exp(m - m_new)
     p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
     l = l * alpha + jnp.sum(p, axis=-1)
-    acc = acc * alpha[..., None] + jnp.einsum(
-        "bhqk,bhkd->bhqd", p, vj, precision=lax.Precision.HIGHEST)
+    acc = acc * alpha[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p, vj, precision=lax.Precision.HIGHEST)
     return (m_new, l, acc), None
 
-  init = (jnp.full((bsz, nh, t), MASK_VALUE, jnp.float32),
-          jnp.zeros((bsz, nh, t), jnp.float32),
-          jnp.zeros((bsz, nh, t, d), jnp.float32))
+  init = (
+    jnp.full((bsz, nh, t), MASK_VALUE, jnp.float32),
+    jnp.zeros((bsz, nh, t), jnp.float32),
+    jnp.zeros((bsz, nh, t, d), jnp.float32),
+  )
   xs = (jnp.arange(n), kc, vc) + ((segc,) if seg is not None else ())
   (m, l, acc), _ = lax.scan(step, init, xs)
   l = jnp.maximum(l, 1e-30)  # rows with no visible key (impossible here)
@@ -854,15 +991,13 @@ def _ref_core_bwd(cfg, res, do):
     return x[:, :t]
 
   dq = jnp.swapaxes(dq * cfg.sm_scale, 1, 2)
-  return (dq.astype(q.dtype), unchunk(dk).astype(k.dtype),
-          unchunk(dv).astype(v.dtype), jnp.zeros_like(slopes), None)
+  return (dq.astype(q.dtype), unchunk(dk).astype(k.dtype), unchunk(dv).astype(v.dtype), jnp.zeros_like(slopes), None)
 
 
 _ref_core.defvjp(_ref_core_fwd, _ref_core_bwd)
 
 
-def flash_alibi_reference(q, k, v, *, slopes, segment_ids=None, causal=True,
-                          sm_scale=None, block_k=512):
+def flash_alibi_reference(q, k, v, *, slopes, segment_ids=None, causal=True, sm_scale=None, block_k=512):
   """Blockwise (key-chunked) ALiBi attention in plain jnp, fp32 math.
 
   Same semantics and signature style as :func:`flash_alibi_attention`;
@@ -872,8 +1007,11 @@ def flash_alibi_reference(q, k, v, *, slopes, segment_ids=None, causal=True,
   """
   check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
   t = q.shape[1]
-  cfg = _RefConfig(seq_len=t, block_k=max(1, min(int(block_k), t)),
-                   causal=bool(causal),
-                   sm_scale=resolve_sm_scale(sm_scale, q.shape[-1]))
+  cfg = _RefConfig(
+    seq_len=t,
+    block_k=max(1, min(int(block_k), t)),
+    causal=bool(causal),
+    sm_scale=resolve_sm_scale(sm_scale, q.shape[-1]),
+  )
   slopes = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
   return _ref_core(cfg, q, k, v, slopes, segment_ids)

@@ -56,6 +56,7 @@ Design
   ``block_q`` and ``block_k`` must be multiples of 128; a sequence that fits
   in one block (after rounding up to 8) runs as a single tile.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,21 +70,27 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from gpt_plugin.kernels.common import (MASK_VALUE, check_inputs, resolve_sm_scale, round_up, segment_block_ranges,
-                                       segment_extent)
+from gpt_plugin.kernels.common import (
+  MASK_VALUE,
+  check_inputs,
+  resolve_sm_scale,
+  round_up,
+  segment_block_ranges,
+  segment_extent,
+)
 
 __all__ = ["flash_alibi_tpu"]
 
 _LANES = 128
 _SUBLANES = 8
-_CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(
-    pltpu, "TPUCompilerParams")
+_CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """Static description of one call (hashable: a custom_vjp nondiff arg)."""
-  seq_len: int        # real (unpadded) sequence length
+
+  seq_len: int  # real (unpadded) sequence length
   block_q: int
   block_k: int
   sm_scale: float
@@ -101,17 +108,16 @@ class _Config:
 @dataclasses.dataclass(frozen=True)
 class _Segments:
   """Packed-sequence operands in kernel layouts (a pytree of int32 arrays)."""
-  ids_col: jax.Array     # [B, Tp, 128]: ids broadcast over lanes
-  ids_row: jax.Array     # [B, 8, Tp]: ids broadcast over sublanes
-  k_lo: jax.Array        # [B, nq]: query block i sees key blocks [lo, hi)
+
+  ids_col: jax.Array  # [B, Tp, 128]: ids broadcast over lanes
+  ids_row: jax.Array  # [B, 8, Tp]: ids broadcast over sublanes
+  k_lo: jax.Array  # [B, nq]: query block i sees key blocks [lo, hi)
   k_hi: jax.Array
-  q_lo: jax.Array        # [B, nk]: key block j is seen by query blocks [lo, hi)
+  q_lo: jax.Array  # [B, nk]: key block j is seen by query blocks [lo, hi)
   q_hi: jax.Array
 
 
-jax.tree_util.register_dataclass(
-    _Segments, data_fields=[f.name for f in dataclasses.fields(_Segments)],
-    meta_fields=[])
+jax.tree_util.register_dataclass(_Segments, data_fields=[f.name for f in dataclasses.fields(_Segments)], meta_fields=[])
 
 
 # ----------------------------------------------------------------------------
@@ -158,12 +164,10 @@ def _clamp(x, lo, hi):
 # ----------------------------------------------------------------------------
 def _dot(a, b, contract_b: int):
   """a @ b (contract_b=0) or a @ b.T (contract_b=1), fp32 accumulation."""
-  return lax.dot_general(a, b, (((1,), (contract_b,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(a, b, (((1,), (contract_b,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _score_tile(x, y, slope, q_start, k_start, qseg, kseg, cfg: _Config,
-                kv_len: Optional[int], *, q_rows: bool):
+def _score_tile(x, y, slope, q_start, k_start, qseg, kseg, cfg: _Config, kv_len: Optional[int], *, q_rows: bool):
   """Masked fp32 scores ``x @ y.T * scale + slope * (k_pos - q_pos)``.
 
   q_rows: x holds queries and y keys (tile [bq, bk]); otherwise x holds keys
@@ -201,8 +205,9 @@ def _split_refs(refs, cfg: _Config, num_inputs: int):
 
 
 def _fwd_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
-  (slopes_ref, ranges, (q_ref, k_ref, v_ref), (qseg_ref, kseg_ref),
-   (o_ref, lse_ref, m_sc, l_sc, acc_sc)) = _split_refs(refs, cfg, 3)
+  (slopes_ref, ranges, (q_ref, k_ref, v_ref), (qseg_ref, kseg_ref), (o_ref, lse_ref, m_sc, l_sc, acc_sc)) = _split_refs(
+    refs, cfg, 3
+  )
   b, h, qi, kj = (pl.program_id(a) for a in range(4))
 
   @pl.when(kj == 0)
@@ -214,12 +219,18 @@ def _fwd_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
   @pl.when(_in_range(kj, *_k_range(cfg, b, qi, *ranges)))
   def _compute():
     s = _score_tile(
-        q_ref[...], k_ref[...], slopes_ref[h], qi * cfg.block_q,
-        kj * cfg.block_k,
-        None if qseg_ref is None else qseg_ref[...][:, :1],
-        None if kseg_ref is None else kseg_ref[...][:1, :],
-        cfg, kv_len, q_rows=True)
-    m_prev = m_sc[...]                                   # [bq, 128]
+      q_ref[...],
+      k_ref[...],
+      slopes_ref[h],
+      qi * cfg.block_q,
+      kj * cfg.block_k,
+      None if qseg_ref is None else qseg_ref[...][:, :1],
+      None if kseg_ref is None else kseg_ref[...][:1, :],
+      cfg,
+      kv_len,
+      q_rows=True,
+    )
+    m_prev = m_sc[...]  # [bq, 128]
     m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
     alpha = jnp.exp(m_prev - m_next)
     p = jnp.exp(s - m_next[:, :1])
@@ -236,8 +247,9 @@ def _fwd_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
 
 
 def _dq_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
-  (slopes_ref, ranges, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref),
-   (qseg_ref, kseg_ref), (dq_ref, dq_sc)) = _split_refs(refs, cfg, 6)
+  (slopes_ref, ranges, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), (qseg_ref, kseg_ref), (dq_ref, dq_sc)) = (
+    _split_refs(refs, cfg, 6)
+  )
   b, h, qi, kj = (pl.program_id(a) for a in range(4))
 
   @pl.when(kj == 0)
@@ -248,11 +260,18 @@ def _dq_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
   def _compute():
     k = k_ref[...]
     s = _score_tile(
-        q_ref[...], k, slopes_ref[h], qi * cfg.block_q, kj * cfg.block_k,
-        None if qseg_ref is None else qseg_ref[...][:, :1],
-        None if kseg_ref is None else kseg_ref[...][:1, :],
-        cfg, kv_len, q_rows=True)
-    p = jnp.exp(s - lse_ref[...][:, :1])                 # [bq, bk]
+      q_ref[...],
+      k,
+      slopes_ref[h],
+      qi * cfg.block_q,
+      kj * cfg.block_k,
+      None if qseg_ref is None else qseg_ref[...][:, :1],
+      None if kseg_ref is None else kseg_ref[...][:1, :],
+      cfg,
+      kv_len,
+      q_rows=True,
+    )
+    p = jnp.exp(s - lse_ref[...][:, :1])  # [bq, bk]
     dp = _dot(do_ref[...], v_ref[...], 1)
     ds = p * (dp - delta_ref[...][:, :1])
     dq_sc[...] += _dot(ds.astype(k.dtype), k, 0)
@@ -263,9 +282,13 @@ def _dq_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
 
 
 def _dkdv_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
-  (slopes_ref, ranges, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref),
-   (qseg_ref, kseg_ref), (dk_ref, dv_ref, dk_sc, dv_sc)) = _split_refs(
-       refs, cfg, 6)
+  (
+    slopes_ref,
+    ranges,
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref),
+    (qseg_ref, kseg_ref),
+    (dk_ref, dv_ref, dk_sc, dv_sc),
+  ) = _split_refs(refs, cfg, 6)
   b, h, kj, qi = (pl.program_id(a) for a in range(4))
 
   @pl.when(qi == 0)
@@ -279,11 +302,18 @@ def _dkdv_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
     do = do_ref[...]
     # Transposed tiles: rows are keys, columns are queries.
     st = _score_tile(
-        k_ref[...], q, slopes_ref[h], qi * cfg.block_q, kj * cfg.block_k,
-        None if qseg_ref is None else qseg_ref[...][:1, :],
-        None if kseg_ref is None else kseg_ref[...][:, :1],
-        cfg, kv_len, q_rows=False)
-    pt = jnp.exp(st - lse_ref[...][:1, :])               # [bk, bq]
+      k_ref[...],
+      q,
+      slopes_ref[h],
+      qi * cfg.block_q,
+      kj * cfg.block_k,
+      None if qseg_ref is None else qseg_ref[...][:1, :],
+      None if kseg_ref is None else kseg_ref[...][:, :1],
+      cfg,
+      kv_len,
+      q_rows=False,
+    )
+    pt = jnp.exp(st - lse_ref[...][:1, :])  # [bk, bq]
     dv_sc[...] += _dot(pt.astype(do.dtype), do, 0)
     dpt = _dot(v_ref[...], do, 1)
     dst = pt * (dpt - delta_ref[...][:1, :])
@@ -301,13 +331,11 @@ def _dkdv_kernel(*refs, cfg: _Config, kv_len: Optional[int]):
 # Operand layouts: block shape from (block length, head_dim) and block index
 # from (batch, head, sequence block index).
 _LAYOUTS = {
-    "seq": (lambda n, dp: (None, None, n, dp), lambda b, h, i: (b, h, i, 0)),
-    "col": (lambda n, dp: (None, None, n, _LANES),
-            lambda b, h, i: (b, h, i, 0)),
-    "row": (lambda n, dp: (None, None, _SUBLANES, n),
-            lambda b, h, i: (b, h, 0, i)),
-    "seg_col": (lambda n, dp: (None, n, _LANES), lambda b, h, i: (b, i, 0)),
-    "seg_row": (lambda n, dp: (None, _SUBLANES, n), lambda b, h, i: (b, 0, i)),
+  "seq": (lambda n, dp: (None, None, n, dp), lambda b, h, i: (b, h, i, 0)),
+  "col": (lambda n, dp: (None, None, n, _LANES), lambda b, h, i: (b, h, i, 0)),
+  "row": (lambda n, dp: (None, None, _SUBLANES, n), lambda b, h, i: (b, h, 0, i)),
+  "seg_col": (lambda n, dp: (None, n, _LANES), lambda b, h, i: (b, i, 0)),
+  "seg_row": (lambda n, dp: (None, _SUBLANES, n), lambda b, h, i: (b, 0, i)),
 }
 
 
@@ -315,13 +343,13 @@ def _spec(layout: str, block: int, dp: int, seq_block):
   """BlockSpec of one operand; seq_block(*grid_idx, *prefetch_refs) gives
   the sequence block a grid step reads."""
   block_shape, index = _LAYOUTS[layout]
-  return pl.BlockSpec(block_shape(block, dp),
-                      lambda b, h, *rest: index(b, h, seq_block(b, h, *rest)))
+  return pl.BlockSpec(block_shape(block, dp), lambda b, h, *rest: index(b, h, seq_block(b, h, *rest)))
 
 
 def _q_major_blocks(cfg: _Config):
   """(q block, k block) read by step (b, h, qi, kj) of the fwd / dq grids;
   skipped steps re-read the last computed key block (no new DMA)."""
+
   def q_block(b, h, qi, kj, *prefetch):
     return qi
 
@@ -334,6 +362,7 @@ def _q_major_blocks(cfg: _Config):
 def _k_major_blocks(cfg: _Config):
   """(q block, k block) read by step (b, h, kj, qi) of the dk/dv grid;
   skipped steps read the first / last computed query block."""
+
   def q_block(b, h, kj, qi, slopes, *ranges):
     return _clamp(qi, *_q_range(cfg, b, kj, *ranges))
 
@@ -343,17 +372,18 @@ def _k_major_blocks(cfg: _Config):
   return q_block, k_block
 
 
-def _pallas(kernel, cfg: _Config, grid, prefetch, in_specs, out_specs,
-            out_shape, scratch_shapes, name):
+def _pallas(kernel, cfg: _Config, grid, prefetch, in_specs, out_specs, out_shape, scratch_shapes, name):
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs,
-      out_specs=out_specs, scratch_shapes=scratch_shapes)
+    num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch_shapes
+  )
   call = pl.pallas_call(
-      kernel, grid_spec=grid_spec, out_shape=out_shape,
-      compiler_params=_CompilerParams(dimension_semantics=(
-          "parallel", "parallel", "parallel", "arbitrary")),
-      interpret=pltpu.InterpretParams() if cfg.interpret else False,
-      name=name)
+    kernel,
+    grid_spec=grid_spec,
+    out_shape=out_shape,
+    compiler_params=_CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+    interpret=pltpu.InterpretParams() if cfg.interpret else False,
+    name=name,
+  )
   return lambda *args: call(*prefetch, *args)
 
 
@@ -361,8 +391,7 @@ def _fwd_call(cfg: _Config, q, k, v, slopes, segs: Optional[_Segments]):
   bsz, nh, tp, dp = q.shape
   bq, bk = cfg.block_q, cfg.block_k
   qb, kb = _q_major_blocks(cfg)
-  in_specs = [_spec("seq", bq, dp, qb), _spec("seq", bk, dp, kb),
-              _spec("seq", bk, dp, kb)]
+  in_specs = [_spec("seq", bq, dp, qb), _spec("seq", bk, dp, kb), _spec("seq", bk, dp, kb)]
   args = [q, k, v]
   prefetch = [slopes]
   if segs is not None:
@@ -370,25 +399,34 @@ def _fwd_call(cfg: _Config, q, k, v, slopes, segs: Optional[_Segments]):
     args += [segs.ids_col, segs.ids_row]
     prefetch += [segs.k_lo, segs.k_hi]
   return _pallas(
-      functools.partial(_fwd_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)), cfg,
-      grid=(bsz, nh, tp // bq, tp // bk), prefetch=prefetch,
-      in_specs=in_specs,
-      out_specs=[_spec("seq", bq, dp, qb), _spec("col", bq, dp, qb)],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((bsz, nh, tp, _LANES), jnp.float32)],
-      scratch_shapes=[pltpu.VMEM((bq, _LANES), jnp.float32),
-                      pltpu.VMEM((bq, _LANES), jnp.float32),
-                      pltpu.VMEM((bq, dp), jnp.float32)],
-      name="flash_alibi_tpu_fwd")(*args)
+    functools.partial(_fwd_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)),
+    cfg,
+    grid=(bsz, nh, tp // bq, tp // bk),
+    prefetch=prefetch,
+    in_specs=in_specs,
+    out_specs=[_spec("seq", bq, dp, qb), _spec("col", bq, dp, qb)],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bsz, nh, tp, _LANES), jnp.float32)],
+    scratch_shapes=[
+      pltpu.VMEM((bq, _LANES), jnp.float32),
+      pltpu.VMEM((bq, _LANES), jnp.float32),
+      pltpu.VMEM((bq, dp), jnp.float32),
+    ],
+    name="flash_alibi_tpu_fwd",
+  )(*args)
 
 
 def _dq_call(cfg: _Config, q, k, v, do, lse_col, delta_col, slopes, segs):
   bsz, nh, tp, dp = q.shape
   bq, bk = cfg.block_q, cfg.block_k
   qb, kb = _q_major_blocks(cfg)
-  in_specs = [_spec("seq", bq, dp, qb), _spec("seq", bk, dp, kb),
-              _spec("seq", bk, dp, kb), _spec("seq", bq, dp, qb),
-              _spec("col", bq, dp, qb), _spec("col", bq, dp, qb)]
+  in_specs = [
+    _spec("seq", bq, dp, qb),
+    _spec("seq", bk, dp, kb),
+    _spec("seq", bk, dp, kb),
+    _spec("seq", bq, dp, qb),
+    _spec("col", bq, dp, qb),
+    _spec("col", bq, dp, qb),
+  ]
   args = [q, k, v, do, lse_col, delta_col]
   prefetch = [slopes]
   if segs is not None:
@@ -396,21 +434,30 @@ def _dq_call(cfg: _Config, q, k, v, do, lse_col, delta_col, slopes, segs):
     args += [segs.ids_col, segs.ids_row]
     prefetch += [segs.k_lo, segs.k_hi]
   return _pallas(
-      functools.partial(_dq_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)), cfg,
-      grid=(bsz, nh, tp // bq, tp // bk), prefetch=prefetch,
-      in_specs=in_specs, out_specs=_spec("seq", bq, dp, qb),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      scratch_shapes=[pltpu.VMEM((bq, dp), jnp.float32)],
-      name="flash_alibi_tpu_bwd_dq")(*args)
+    functools.partial(_dq_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)),
+    cfg,
+    grid=(bsz, nh, tp // bq, tp // bk),
+    prefetch=prefetch,
+    in_specs=in_specs,
+    out_specs=_spec("seq", bq, dp, qb),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    scratch_shapes=[pltpu.VMEM((bq, dp), jnp.float32)],
+    name="flash_alibi_tpu_bwd_dq",
+  )(*args)
 
 
 def _dkdv_call(cfg: _Config, q, k, v, do, lse_row, delta_row, slopes, segs):
   bsz, nh, tp, dp = q.shape
   bq, bk = cfg.block_q, cfg.block_k
   qb, kb = _k_major_blocks(cfg)
-  in_specs = [_spec("seq", bq, dp, qb), _spec("seq", bk, dp, kb),
-              _spec("seq", bk, dp, kb), _spec("seq", bq, dp, qb),
-              _spec("row", bq, dp, qb), _spec("row", bq, dp, qb)]
+  in_specs = [
+    _spec("seq", bq, dp, qb),
+    _spec("seq", bk, dp, kb),
+    _spec("seq", bk, dp, kb),
+    _spec("seq", bq, dp, qb),
+    _spec("row", bq, dp, qb),
+    _spec("row", bq, dp, qb),
+  ]
   args = [q, k, v, do, lse_row, delta_row]
   prefetch = [slopes]
   if segs is not None:
@@ -418,22 +465,25 @@ def _dkdv_call(cfg: _Config, q, k, v, do, lse_row, delta_row, slopes, segs):
     args += [segs.ids_row, segs.ids_col]
     prefetch += [segs.q_lo, segs.q_hi]
   return _pallas(
-      functools.partial(_dkdv_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)), cfg,
-      grid=(bsz, nh, tp // bk, tp // bq), prefetch=prefetch,
-      in_specs=in_specs,
-      out_specs=[_spec("seq", bk, dp, kb), _spec("seq", bk, dp, kb)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      scratch_shapes=[pltpu.VMEM((bk, dp), jnp.float32),
-                      pltpu.VMEM((bk, dp), jnp.float32)],
-      name="flash_alibi_tpu_bwd_dkdv")(*args)
+    functools.partial(_dkdv_kernel, cfg=cfg, kv_len=cfg.kv_len(tp)),
+    cfg,
+    grid=(bsz, nh, tp // bk, tp // bq),
+    prefetch=prefetch,
+    in_specs=in_specs,
+    out_specs=[_spec("seq", bk, dp, kb), _spec("seq", bk, dp, kb)],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    scratch_shapes=[pltpu.VMEM((bk, dp), jnp.float32), pltpu.VMEM((bk, dp), jnp.float32)],
+    name="flash_alibi_tpu_bwd_dkdv",
+  )(*args)
 
 
 def _row_layouts(x):
   """[B, H, Tp] -> ([B, H, Tp, 128] lane-broadcast, [B, H, 8, Tp] sublane-)."""
   bsz, nh, tp = x.shape
-  return (jnp.broadcast_to(x[..., None], (bsz, nh, tp, _LANES)),
-          jnp.broadcast_to(x[:, :, None, :], (bsz, nh, _SUBLANES, tp)))
+  return (
+    jnp.broadcast_to(x[..., None], (bsz, nh, tp, _LANES)),
+    jnp.broadcast_to(x[:, :, None, :], (bsz, nh, _SUBLANES, tp)),
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -470,7 +520,7 @@ def _plan_blocks(t: int, block_q: int, block_k: int):
     if blk <= 0 or blk % _LANES:
       raise ValueError(f"{name}={blk} must be a positive multiple of {_LANES}")
   t8 = round_up(t, _SUBLANES)
-  if t8 <= max(block_q, block_k):   # one tile spanning the whole sequence
+  if t8 <= max(block_q, block_k):  # one tile spanning the whole sequence
     return t8, t8, t8
   return block_q, block_k, round_up(t, math.lcm(block_q, block_k))
 
@@ -486,13 +536,18 @@ def _make_segments(segment_ids, cfg: _Config, tp: int) -> _Segments:
   k_lo, k_hi = segment_block_ranges(extent, cfg.block_q, cfg.block_k)
   q_lo, q_hi = segment_block_ranges(extent, cfg.block_k, cfg.block_q)
   return _Segments(
-      ids_col=jnp.broadcast_to(seg[:, :, None], (bsz, tp, _LANES)),
-      ids_row=jnp.broadcast_to(seg[:, None, :], (bsz, _SUBLANES, tp)),
-      k_lo=k_lo, k_hi=k_hi, q_lo=q_lo, q_hi=q_hi)
+    ids_col=jnp.broadcast_to(seg[:, :, None], (bsz, tp, _LANES)),
+    ids_row=jnp.broadcast_to(seg[:, None, :], (bsz, _SUBLANES, tp)),
+    k_lo=k_lo,
+    k_hi=k_hi,
+    q_lo=q_lo,
+    q_hi=q_hi,
+  )
 
 
-def flash_alibi_tpu(q, k, v, *, slopes, segment_ids=None, causal=True,
-                    sm_scale=None, block_q=128, block_k=128, interpret=False):
+def flash_alibi_tpu(
+  q, k, v, *, slopes, segment_ids=None, causal=True, sm_scale=None, block_q=128, block_k=128, interpret=False
+):
   """ALiBi flash attention on TPU (Pallas / Mosaic).  See the module doc.
 
   Args:
@@ -516,10 +571,15 @@ def flash_alibi_tpu(q, k, v, *, slopes, segment_ids=None, causal=True,
   _, t, _, d = q.shape
   bq, bk, tp = _plan_blocks(t, block_q, block_k)
   dp = d if d <= _LANES else round_up(d, _LANES)
-  cfg = _Config(seq_len=t, block_q=bq, block_k=bk,
-                sm_scale=resolve_sm_scale(sm_scale, d),
-                causal=bool(causal), packed=segment_ids is not None,
-                interpret=bool(interpret))
+  cfg = _Config(
+    seq_len=t,
+    block_q=bq,
+    block_k=bk,
+    sm_scale=resolve_sm_scale(sm_scale, d),
+    causal=bool(causal),
+    packed=segment_ids is not None,
+    interpret=bool(interpret),
+  )
 
   def to_kernel_layout(x):  # [B, T, H, D] -> [B, H, Tp, Dp]
     x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, dp - d)))
@@ -527,6 +587,5 @@ def flash_alibi_tpu(q, k, v, *, slopes, segment_ids=None, causal=True,
 
   segs = None if segment_ids is None else _make_segments(segment_ids, cfg, tp)
   slopes = lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
-  out = _attention(cfg, to_kernel_layout(q), to_kernel_layout(k),
-                   to_kernel_layout(v), slopes, segs)
+  out = _attention(cfg, to_kernel_layout(q), to_kernel_layout(k), to_kernel_layout(v), slopes, segs)
   return jnp.transpose(out, (0, 2, 1, 3))[:, :t, :, :d]

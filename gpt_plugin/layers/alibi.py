@@ -1,4 +1,5 @@
 """ALiBi (Press et al., 2022): per-head linear distance biases, built per call from the actual lengths."""
+
 import math
 
 import jax.numpy as jnp

@@ -7,6 +7,7 @@
 Single-token decode steps always use the O(cache length) einsum path: the ALiBi row is computed from
 `cache_index`, never sliced out of a T x T matrix.
 """
+
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -55,14 +56,14 @@ def cudnn_attention(q, k, v, *, slopes, segment_ids):
     bias = alibi_bias(slopes, pos, pos)[None].astype(q.dtype)
   mask = None if segment_ids is None else segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
   implementation = "cudnn" if jax.default_backend() == "gpu" else None
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True,
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True, implementation=implementation)
 
 
 def flash_attention(q, k, v, *, slopes, segment_ids):
   """The fused kernel. Under a mesh with logical axis rules (the trainer's context) it runs per shard via
   `shard_map` over the batch and head axes: XLA cannot partition a Pallas call itself."""
   from gpt_plugin.kernels import flash_alibi  # pylint: disable=import-outside-toplevel
+
   slopes = jnp.zeros((q.shape[2],), jnp.float32) if slopes is None else jnp.asarray(slopes, jnp.float32)
 
   def kernel(q, k, v, slopes, segment_ids=None):
@@ -93,10 +94,15 @@ class FusedQKV(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = nn_partitioning.param_with_axes(
-        "kernel", nn.initializers.normal(stddev=self.init_std), (x.shape[-1], 3, self.inner_dim),
-        self.param_dtype, axes=("embed", "stack", "joined_kv"))
+      "kernel",
+      nn.initializers.normal(stddev=self.init_std),
+      (x.shape[-1], 3, self.inner_dim),
+      self.param_dtype,
+      axes=("embed", "stack", "joined_kv"),
+    )
     bias = nn_partitioning.param_with_axes(
-        "bias", nn.initializers.zeros, (3, self.inner_dim), self.param_dtype, axes=("stack", "joined_kv"))
+      "bias", nn.initializers.zeros, (3, self.inner_dim), self.param_dtype, axes=("stack", "joined_kv")
+    )
     y = jnp.einsum("btd,dzf->btzf", x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
@@ -123,8 +129,16 @@ class CausalSelfAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, segment_ids=None, *, enable_dropout: bool = False, decode: bool = False,
-               prefill: bool = False, prefill_lengths: Optional[jax.Array] = None):
+  def __call__(
+    self,
+    x,
+    segment_ids=None,
+    *,
+    enable_dropout: bool = False,
+    decode: bool = False,
+    prefill: bool = False,
+    prefill_lengths: Optional[jax.Array] = None,
+  ):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     batch, seq, _ = x.shape
@@ -140,26 +154,41 @@ class CausalSelfAttention(nn.Module):
 
     out = None
     if decode or prefill:
-      out = self._cached_attention(q, k, v, slopes, decode=decode, prefill=prefill,
-                                   prefill_lengths=prefill_lengths)
+      out = self._cached_attention(q, k, v, slopes, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)
     if out is None:
       out = self._full_attention(q, k, v, slopes, segment_ids, attn_rng)
 
     out = nn.with_logical_constraint(out.reshape(batch, seq, inner), ("batch", "length", "joined_kv"))
-    y = Dense(self.out_features, ("joined_kv", "embed"), nn.initializers.normal(self.out_init_std),
-              dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+    y = Dense(
+      self.out_features,
+      ("joined_kv", "embed"),
+      nn.initializers.normal(self.out_init_std),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="out",
+    )(out)
     return nn.Dropout(rate=self.dropout_rate)(y, deterministic=not enable_dropout)
 
   def _full_attention(self, q, k, v, slopes, segment_ids, attn_rng):
     seq = q.shape[1]
     if self.attention_impl == "xla" or attn_rng is not None:
       if attn_rng is not None and self.attention_impl != "xla":
-        raise ValueError(f"attention_impl={self.attention_impl!r} does not support attention-probability "
-                         "dropout; set GPTConfig.attention_dropout_rate = 0.0 or attention_impl = 'xla'")
+        raise ValueError(
+          f"attention_impl={self.attention_impl!r} does not support attention-probability "
+          "dropout; set GPTConfig.attention_dropout_rate = 0.0 or attention_impl = 'xla'"
+        )
       pos = jnp.arange(seq)
-      return xla_attention(q, k, v, slopes=slopes, mask=causal_segment_mask(seq, seq, segment_ids),
-                           q_positions=pos, k_positions=pos, dropout_rng=attn_rng,
-                           dropout_rate=self.attention_dropout_rate)
+      return xla_attention(
+        q,
+        k,
+        v,
+        slopes=slopes,
+        mask=causal_segment_mask(seq, seq, segment_ids),
+        q_positions=pos,
+        k_positions=pos,
+        dropout_rng=attn_rng,
+        dropout_rate=self.attention_dropout_rate,
+      )
     if self.attention_impl == "cudnn":
       return cudnn_attention(q, k, v, slopes=slopes, segment_ids=segment_ids)
     return flash_attention(q, k, v, slopes=slopes, segment_ids=segment_ids)
@@ -193,5 +222,6 @@ class CausalSelfAttention(nn.Module):
     cached_key.value, cached_value.value, cache_index.value = keys, values, index + 1
     key_pos = jnp.arange(cache_len)
     mask = (key_pos[None, :] <= rows[:, None])[:, None, None, :]
-    return xla_attention(q, keys, values, slopes=slopes, mask=mask, q_positions=rows[:, None],
-                         k_positions=key_pos[None, :])
+    return xla_attention(
+      q, keys, values, slopes=slopes, mask=mask, q_positions=rows[:, None], k_positions=key_pos[None, :]
+    )

@@ -1,4 +1,5 @@
 """Transformer blocks: GPT-J parallel residual (one shared LayerNorm) or sequential pre-LN."""
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -27,12 +28,30 @@ class DecoderBlock(nn.Module):
     norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name=name)
     mix_width = cfg.emb_dim // 2 if cfg.use_static_sgu else cfg.emb_dim
     attention = CausalSelfAttention(
-        num_heads=cfg.num_heads, head_dim=mix_width // cfg.num_heads, out_features=mix_width,
-        use_alibi=cfg.position_embedding == "alibi", attention_impl=cfg.attention_impl,
-        attention_dropout_rate=cfg.attention_dropout, dropout_rate=cfg.dropout_rate, init_std=cfg.init_std,
-        out_init_std=cfg.residual_init_std, dtype=dtype, param_dtype=param_dtype, name="attention")
-    mlp = MLP(cfg.mlp_width, cfg.emb_dim, cfg.init_std, cfg.residual_init_std, cfg.gelu_approximate,
-              cfg.dropout_rate, dtype, param_dtype, name="mlp")
+      num_heads=cfg.num_heads,
+      head_dim=mix_width // cfg.num_heads,
+      out_features=mix_width,
+      use_alibi=cfg.position_embedding == "alibi",
+      attention_impl=cfg.attention_impl,
+      attention_dropout_rate=cfg.attention_dropout,
+      dropout_rate=cfg.dropout_rate,
+      init_std=cfg.init_std,
+      out_init_std=cfg.residual_init_std,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name="attention",
+    )
+    mlp = MLP(
+      cfg.mlp_width,
+      cfg.emb_dim,
+      cfg.init_std,
+      cfg.residual_init_std,
+      cfg.gelu_approximate,
+      cfg.dropout_rate,
+      dtype,
+      param_dtype,
+      name="mlp",
+    )
 
     def mix(h):
       if not cfg.use_static_sgu:

@@ -1,4 +1,5 @@
 """Dense projection with logical axis names (the `params_axes` collection T5X's partitioner reads)."""
+
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -19,10 +20,12 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = nn_partitioning.param_with_axes(
-        "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype, axes=self.kernel_axes)
+      "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype, axes=self.kernel_axes
+    )
     y = jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = nn_partitioning.param_with_axes(
-          "bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=self.kernel_axes[-1:])
+        "bias", nn.initializers.zeros, (self.features,), self.param_dtype, axes=self.kernel_axes[-1:]
+      )
       y = y + bias.astype(self.dtype)
     return y

@@ -1,4 +1,5 @@
 """Token embedding with weight-tied output logits, and learned absolute positions."""
+
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -18,16 +19,21 @@ class TokenEmbedding(nn.Module):
 
   def setup(self):
     self.embedding = nn_partitioning.param_with_axes(
-        "embedding", nn.initializers.normal(stddev=self.init_std), (self.vocab_size, self.features),
-        self.param_dtype, axes=("vocab", "embed"))
+      "embedding",
+      nn.initializers.normal(stddev=self.init_std),
+      (self.vocab_size, self.features),
+      self.param_dtype,
+      axes=("vocab", "embed"),
+    )
 
   def __call__(self, tokens):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x):
     """Tied logits `x @ E^T`, accumulated and returned in float32 (materialised once)."""
-    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype), preferred_element_type=jnp.float32
+    )
 
 
 class PositionEmbedding(nn.Module):
@@ -43,11 +49,22 @@ class PositionEmbedding(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, positions, *, decode: bool = False, prefill: bool = False,
-               prefill_lengths: Optional[jax.Array] = None, seq_len: Optional[int] = None):
+  def __call__(
+    self,
+    positions,
+    *,
+    decode: bool = False,
+    prefill: bool = False,
+    prefill_lengths: Optional[jax.Array] = None,
+    seq_len: Optional[int] = None,
+  ):
     table = nn_partitioning.param_with_axes(
-        "embedding", nn.initializers.normal(stddev=self.init_std), (self.max_len, self.features),
-        self.param_dtype, axes=("abspos_buckets", "embed"))
+      "embedding",
+      nn.initializers.normal(stddev=self.init_std),
+      (self.max_len, self.features),
+      self.param_dtype,
+      axes=("abspos_buckets", "embed"),
+    )
     if decode or prefill:
       initialized = self.has_variable("cache", "cache_index")
       index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))

@@ -4,6 +4,7 @@
 by scatter-add into the vocabulary columns; no one-hot over the vocabulary is ever built. q starts at zero,
 so at init the logits equal the model without it. Decoding caches k and the input tokens.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -24,12 +25,27 @@ class HeadQK(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, hidden, tokens, logits, segment_ids=None, *, decode: bool = False, prefill: bool = False,
-               prefill_lengths=None):
-    q = Dense(self.dim, ("embed", "head_qk"), nn.initializers.zeros, use_bias=False, dtype=self.dtype,
-              param_dtype=self.param_dtype, name="q")(hidden).astype(jnp.float32)
-    k = Dense(self.dim, ("embed", "head_qk"), nn.initializers.orthogonal(scale=0.1), use_bias=False,
-              dtype=self.dtype, param_dtype=self.param_dtype, name="k")(hidden).astype(jnp.float32)
+  def __call__(
+    self, hidden, tokens, logits, segment_ids=None, *, decode: bool = False, prefill: bool = False, prefill_lengths=None
+  ):
+    q = Dense(
+      self.dim,
+      ("embed", "head_qk"),
+      nn.initializers.zeros,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="q",
+    )(hidden).astype(jnp.float32)
+    k = Dense(
+      self.dim,
+      ("embed", "head_qk"),
+      nn.initializers.orthogonal(scale=0.1),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="k",
+    )(hidden).astype(jnp.float32)
     batch, seq = tokens.shape
     if decode or prefill:
       initialized = self.has_variable("cache", "cached_head_k")
@@ -49,7 +65,8 @@ class HeadQK(nn.Module):
       if prefill:
         cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, 0, axis=1)
         cached_tokens.value = jax.lax.dynamic_update_slice_in_dim(
-            cached_tokens.value, tokens.astype(jnp.int32), 0, axis=1)
+          cached_tokens.value, tokens.astype(jnp.int32), 0, axis=1
+        )
         lengths = jnp.full((batch,), seq, jnp.int32) if prefill_lengths is None else prefill_lengths
         cache_index.value = lengths.astype(jnp.int32)
     scores = jnp.einsum("bqd,bkd->bqk", q, k) / self.dim

@@ -1,4 +1,5 @@
 """Position-wise MLP: Dense(mlp_dim) -> GELU -> Dense(out) -> dropout."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -22,9 +23,21 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, enable_dropout: bool = False):
-    h = Dense(self.mlp_dim, ("embed", "mlp"), nn.initializers.normal(self.init_std), dtype=self.dtype,
-              param_dtype=self.param_dtype, name="wi")(x)
+    h = Dense(
+      self.mlp_dim,
+      ("embed", "mlp"),
+      nn.initializers.normal(self.init_std),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="wi",
+    )(x)
     h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=self.gelu_approximate), ("batch", "length", "mlp"))
-    y = Dense(self.out_dim, ("mlp", "embed"), nn.initializers.normal(self.out_init_std), dtype=self.dtype,
-              param_dtype=self.param_dtype, name="wo")(h)
+    y = Dense(
+      self.out_dim,
+      ("mlp", "embed"),
+      nn.initializers.normal(self.out_init_std),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="wo",
+    )(h)
     return nn.Dropout(rate=self.dropout_rate)(y, deterministic=not enable_dropout)

@@ -1,4 +1,5 @@
 """LayerNorm with logical axis names; statistics in float32 whatever the compute dtype."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -17,9 +18,11 @@ class LayerNorm(nn.Module):
   def __call__(self, x):
     features = x.shape[-1]
     scale = nn_partitioning.param_with_axes(
-        "scale", nn.initializers.ones, (features,), self.param_dtype, axes=("embed",))
+      "scale", nn.initializers.ones, (features,), self.param_dtype, axes=("embed",)
+    )
     bias = nn_partitioning.param_with_axes(
-        "bias", nn.initializers.zeros, (features,), self.param_dtype, axes=("embed",))
+      "bias", nn.initializers.zeros, (features,), self.param_dtype, axes=("embed",)
+    )
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)

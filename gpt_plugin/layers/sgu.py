@@ -7,6 +7,7 @@ original; diagonal 1/2, then 1/3, 1/4, ...). The input is stop-gradient. The ban
 length works. Packed rows never mix across segments. Decoding keeps the last K inputs in
 `cache/cached_sgu_window` [batch, K, channels].
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

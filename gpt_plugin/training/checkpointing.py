@@ -4,6 +4,7 @@ Layout: `MODEL_DIR/checkpoint_<step>/{state/, data/process_<i>.json, meta/}` (T5
 directory and renames it when every item is committed, so a save interrupted by `kill -9` never looks complete
 (the leftover temporary directory is ignored and cleaned up on the next start).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,12 +77,23 @@ class Checkpointer:
   def __init__(self, directory: str, keep: Optional[int] = 3, async_save: bool = True, read_only: bool = False):
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True, save_interval_steps=1, step_prefix="checkpoint")
+      max_to_keep=keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+      save_interval_steps=1,
+      step_prefix="checkpoint",
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ProcessJsonHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=options,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ProcessJsonHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -103,24 +115,32 @@ class Checkpointer:
     meta = self.read_meta()
     if meta is None:
       return
-    problems = params_io.compare_param_shapes({k: v[0] for k, v in params_info.items()},
-                                              {k: v[0] for k, v in meta.get("params", {}).items()})
+    problems = params_io.compare_param_shapes(
+      {k: v[0] for k, v in params_info.items()}, {k: v[0] for k, v in meta.get("params", {}).items()}
+    )
     if problems:
-      raise ShapeMismatchError(params_io.mismatch_message(
+      raise ShapeMismatchError(
+        params_io.mismatch_message(
           f"{self.directory} holds a checkpoint (step {self.latest_step()}) of a model with different parameter "
-          f"shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin", problems))
+          f"shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin",
+          problems,
+        )
+      )
 
   def save(self, step: int, state: Any, data_state: Optional[dict], meta: dict, force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=DataStateSave(data_state if data_state is not None else {}),
-                              meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=DataStateSave(data_state if data_state is not None else {}),
+      meta=ocp.args.JsonSave(meta),
+    )
     return self.manager.save(int(step), args=args, force=force)
 
   def restore(self, step: Optional[int], abstract_state: Any) -> tuple:
     """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs with `.sharding`), any mesh."""
     step = self.latest_step() if step is None else step
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore())
+    )
     data = restored.get("data") if hasattr(restored, "get") else restored.data
     return restored.state, (data or None)
 
@@ -140,16 +160,21 @@ def export_params(model_dir: str, output_dir: Optional[str] = None, step: Option
   process, no mesh needed; arrays are restored as numpy.
   """
   from flax import serialization  # pylint: disable=g-import-not-at-top
+
   ckpt_dir = epath.Path(model_dir)
-  mgr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, step_prefix="checkpoint"),
-                              item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  mgr = ocp.CheckpointManager(
+    ckpt_dir,
+    options=ocp.CheckpointManagerOptions(read_only=True, step_prefix="checkpoint"),
+    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+  )
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
   meta = mgr.item_metadata(step)["state"]
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  state = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)))["state"]
+  state = mgr.restore(
+    step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))
+  )["state"]
   params = state["params"]
   out = epath.Path(output_dir or (epath.Path(model_dir) / f"export_{step}"))
   out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ T5X flag names: `--gin_file` (repeatable, later files override earlier), `--gin_
 The repo's `gin/` folder is always searched last, so `--gin_file=runs/quickstart.gin` works from anywhere.
 Multi-host flags (T5X names): `--multiprocess_gpu --coordinator_address --process_count --process_index`.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,16 @@ def define_flags() -> None:
     return
   flags.DEFINE_multi_string("gin_file", default=None, help="Gin file(s) to load, in order.")
   flags.DEFINE_multi_string("gin_bindings", default=[], help="Individual gin bindings, applied after the files.")
-  flags.DEFINE_list("gin_search_paths", default=["."], help="Comma-separated gin search paths (the repo's gin/ "
-                    "folder is appended).")
+  flags.DEFINE_list(
+    "gin_search_paths", default=["."], help="Comma-separated gin search paths (the repo's gin/ folder is appended)."
+  )
   flags.DEFINE_boolean("multiprocess_gpu", False, "Call jax.distributed.initialize with the flags below.")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed.initialize.")
   flags.DEFINE_integer("process_count", None, "Number of processes.")
   flags.DEFINE_integer("process_index", None, "This process's index.")
-  flags.DEFINE_string("cpu_collectives", None, "CPU collectives implementation for multi-process CPU runs "
-                      "(e.g. 'gloo').")
+  flags.DEFINE_string(
+    "cpu_collectives", None, "CPU collectives implementation for multi-process CPU runs (e.g. 'gloo')."
+  )
 
 
 def rewrite_gin_args(args: Sequence[str]) -> List[str]:
@@ -56,7 +59,7 @@ def rewrite_gin_args(args: Sequence[str]) -> List[str]:
   while i < len(args):
     a = args[i]
     if a.startswith("--gin."):
-      body = a[len("--gin."):]
+      body = a[len("--gin.") :]
       if "=" in body:
         name, value = body.split("=", 1)
       elif i + 1 < len(args):
@@ -78,7 +81,7 @@ def flags_parser(argv: Sequence[str]):
 
 def _defined_macros() -> set:
   names = set()
-  for (scope, selector) in list(gin.config._CONFIG.keys()):  # pylint: disable=protected-access
+  for scope, selector in list(gin.config._CONFIG.keys()):  # pylint: disable=protected-access
     if selector == "gin.macro":
       names.add(scope)
   return names
@@ -91,9 +94,13 @@ def available_presets(kind: str = "models") -> List[str]:
   return sorted(f[:-4] for f in os.listdir(d) if f.endswith(".gin"))
 
 
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
-              gin_search_paths: Sequence[str] = (".",), finalize: bool = True,
-              allow_new_macros: Sequence[str] = ()) -> None:
+def parse_gin(
+  gin_files: Sequence[str],
+  gin_bindings: Sequence[str] = (),
+  gin_search_paths: Sequence[str] = (".",),
+  finalize: bool = True,
+  allow_new_macros: Sequence[str] = (),
+) -> None:
   """Loads gin files then bindings; errors name the unknown file, macro or parameter.
 
   A command-line binding of a macro (UPPER_CASE name) that no loaded file defines is rejected as a likely typo
@@ -112,17 +119,20 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
       if "Unable to open file" not in str(e):
         raise
       raise FileNotFoundError(
-          f"gin file {f!r} not found (search paths: {list(gin_search_paths)} + {REPO_GIN_DIR}). "
-          f"Model presets: {', '.join(available_presets('models')) or 'none'}; "
-          f"runs: {', '.join(available_presets('runs')) or 'none'}; "
-          f"meshes: {', '.join(available_presets('meshes')) or 'none'}; "
-          f"partitioning: {', '.join(available_presets('partitioning')) or 'none'}") from None
+        f"gin file {f!r} not found (search paths: {list(gin_search_paths)} + {REPO_GIN_DIR}). "
+        f"Model presets: {', '.join(available_presets('models')) or 'none'}; "
+        f"runs: {', '.join(available_presets('runs')) or 'none'}; "
+        f"meshes: {', '.join(available_presets('meshes')) or 'none'}; "
+        f"partitioning: {', '.join(available_presets('partitioning')) or 'none'}"
+      ) from None
   known = _defined_macros() | set(allow_new_macros)
   for b in gin_bindings or ():
     m = _MACRO_RE.match(b)
     if m and m.group(1) not in known:
-      raise ValueError(f"unknown gin macro {m.group(1)!r} in binding {b!r}; macros defined by the gin files: "
-                       f"{', '.join(sorted(known))}")
+      raise ValueError(
+        f"unknown gin macro {m.group(1)!r} in binding {b!r}; macros defined by the gin files: "
+        f"{', '.join(sorted(known))}"
+      )
     gin.parse_config(b)
   if finalize:
     gin.finalize()
@@ -138,9 +148,14 @@ def maybe_initialize_distributed_from_flags() -> bool:
   if not (F.multiprocess_gpu or F.coordinator_address):
     return False
   from gpt_plugin import partitioning  # pylint: disable=g-import-not-at-top
+
   return partitioning.maybe_initialize_distributed(
-      coordinator_address=F.coordinator_address, num_processes=F.process_count, process_id=F.process_index,
-      cpu_collectives=F.cpu_collectives, auto=F.multiprocess_gpu and not F.coordinator_address)
+    coordinator_address=F.coordinator_address,
+    num_processes=F.process_count,
+    process_id=F.process_index,
+    cpu_collectives=F.cpu_collectives,
+    auto=F.multiprocess_gpu and not F.coordinator_address,
+  )
 
 
 def main_argv() -> List[str]:
@@ -153,6 +168,7 @@ def prepare_runner(argv: Sequence[str]) -> None:
   seqio input pipelines) kept off the accelerators."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -160,6 +176,7 @@ def prepare_runner(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.set_visible_devices([], "GPU")
   except Exception:  # pylint: disable=broad-except
     pass
@@ -169,6 +186,7 @@ def prepare_runner(argv: Sequence[str]) -> None:
 def exit_on(*errors):
   """Turns the listed (user-facing) errors into `ERROR: ...` on stderr and exit status 2."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
   try:
     yield
   except errors as e:

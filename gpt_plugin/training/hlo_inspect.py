@@ -3,6 +3,7 @@
 Used by the tests (single gradient reduction per step) and by benchmarks/train_throughput.py. Device ids in
 replica groups are positions in the executable's device assignment (the mesh's devices in row-major order).
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,8 +16,10 @@ import numpy as np
 
 COLLECTIVES = ("all-reduce", "reduce-scatter", "all-gather", "all-to-all", "collective-permute")
 _COMP_RE = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s*->\s*.*\{\s*$")
-_CALL_RE = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|called_computations)="
-                      r"(\{[^}]*\}|%?[\w.\-]+)")
+_CALL_RE = re.compile(
+  r"(?:calls|to_apply|body|condition|branch_computations|called_computations)="
+  r"(\{[^}]*\}|%?[\w.\-]+)"
+)
 _OP_RE = re.compile(r"[\s)\]}](" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 
 
@@ -122,7 +125,7 @@ def collectives(hlo_text: str) -> List[Collective]:
   for name, lines in comps.items():
     for l in lines:
       m = _OP_RE.search(l)
-      if m and "=" in l[:m.start()]:
+      if m and "=" in l[: m.start()]:
         out.append(Collective(m.group(1), name, name in in_loop, parse_replica_groups(l), l.strip()))
   return out
 

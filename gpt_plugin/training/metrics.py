@@ -1,4 +1,5 @@
 """Metric writers (clu -> TensorBoard in MODEL_DIR), the console progress line, FLOPs and MFU."""
+
 from __future__ import annotations
 
 import math
@@ -9,10 +10,22 @@ import numpy as np
 
 # Dense bf16 peak FLOP/s per device, matched as substrings of `device.device_kind` (lower-case).
 PEAK_FLOPS = (
-    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12), ("a6000", 155e12),
-    ("l40", 181e12), ("v100", 125e12), ("a10", 125e12), ("4090", 165e12), ("3090", 71e12),
-    ("tpu v3", 123e12), ("tpu v4", 275e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5", 459e12),
-    ("tpu v6", 918e12),
+  ("h200", 989e12),
+  ("h100", 989e12),
+  ("gh200", 989e12),
+  ("a100", 312e12),
+  ("a6000", 155e12),
+  ("l40", 181e12),
+  ("v100", 125e12),
+  ("a10", 125e12),
+  ("4090", 165e12),
+  ("3090", 71e12),
+  ("tpu v3", 123e12),
+  ("tpu v4", 275e12),
+  ("tpu v5 lite", 197e12),
+  ("tpu v5e", 197e12),
+  ("tpu v5", 459e12),
+  ("tpu v6", 918e12),
 )
 
 
@@ -49,6 +62,7 @@ def create_writer(model_dir: Optional[str], collection: str = "train", enabled: 
   if not enabled or model_dir is None or jax.process_index() != 0:
     return NullWriter()
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
   return metric_writers.SummaryWriter(f"{model_dir}/{collection}")
 
 
@@ -74,10 +88,16 @@ def _si(x: float) -> str:
 
 def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
   """`step 120/400 loss 3.21 ppl 24.8 lr 3.0e-4 gnorm 0.9 tok/s 41k mfu 0.0% step 0.21s`."""
-  parts = [f"step {step}/{total}", f"loss {m['loss']:.4g}", f"ppl {m.get('perplexity', math.nan):.4g}",
-           f"lr {m.get('learning_rate', 0.0):.2e}", f"gnorm {m.get('grad_norm', math.nan):.3g}",
-           f"tok/s {_si(m.get('tokens_per_sec', 0.0))}", f"mfu {100 * m.get('mfu', 0.0):.1f}%",
-           f"step {m.get('step_time', 0.0):.3g}s"]
+  parts = [
+    f"step {step}/{total}",
+    f"loss {m['loss']:.4g}",
+    f"ppl {m.get('perplexity', math.nan):.4g}",
+    f"lr {m.get('learning_rate', 0.0):.2e}",
+    f"gnorm {m.get('grad_norm', math.nan):.3g}",
+    f"tok/s {_si(m.get('tokens_per_sec', 0.0))}",
+    f"mfu {100 * m.get('mfu', 0.0):.1f}%",
+    f"step {m.get('step_time', 0.0):.3g}s",
+  ]
   if m.get("skipped_steps"):
     parts.append(f"skipped {int(m['skipped_steps'])}")
   return " ".join(parts)
@@ -98,8 +118,11 @@ def peak_memory_bytes(devices: Any = None) -> Optional[int]:
 
 
 def first_step_line(compile_time_s: float, peak_bytes: Optional[int]) -> str:
-  mem = (f"peak device memory {peak_bytes / 2 ** 30:.2f} GiB" if peak_bytes is not None
-         else "peak device memory n/a (no memory_stats on this backend)")
+  mem = (
+    f"peak device memory {peak_bytes / 2**30:.2f} GiB"
+    if peak_bytes is not None
+    else "peak device memory n/a (no memory_stats on this backend)"
+  )
   return f"compiled train step in {compile_time_s:.1f}s; after step 1: {mem}"
 
 

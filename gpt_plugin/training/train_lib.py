@@ -1,4 +1,5 @@
 """The training loop behind `python -m gpt_plugin.train` (gin binds `train_lib.train`, see gin/runs/*.gin)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,12 @@ def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> 
   (each process reads the file and keeps its own shards)."""
   loaded, where = params_io.load_params(path)
   params_io.check_params_against(
-      abstract_params, loaded, what=f"init_params_from={path} ({where})", error=InitParamsMismatchError,
-      hint="use the model gin the params were trained with, or convert them first (python -m gpt_plugin.convert)")
+    abstract_params,
+    loaded,
+    what=f"init_params_from={path} ({where})",
+    error=InitParamsMismatchError,
+    hint="use the model gin the params were trained with, or convert them first (python -m gpt_plugin.convert)",
+  )
   by_name = {n: a for n, a in _named_leaves(loaded)}
   names = [n for n, _ in _named_leaves(abstract_params)]
   treedef = jax.tree.structure(abstract_params)
@@ -51,8 +56,10 @@ def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> 
 
 def _named_leaves(tree):
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), leaf)
-          for path, leaf in flat]
+  return [
+    ("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), leaf)
+    for path, leaf in flat
+  ]
 
 
 @dataclasses.dataclass
@@ -73,6 +80,7 @@ class DatasetConfig:
 
 def default_dataset_fn(mixture_or_task_name, task_feature_lengths, split, batch_size, **kwargs):
   from gpt_plugin.data import pipeline  # pylint: disable=g-import-not-at-top
+
   return pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, split, batch_size, **kwargs)
 
 
@@ -86,11 +94,20 @@ def _make_iterator(dataset_fn, cfg: DatasetConfig, model, state=None, shuffle=No
   if converter is not None:
     kwargs["feature_converter_cls"] = converter
   return dataset_fn(
-      cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), cfg.split, cfg.batch_size // jax.process_count(),
-      shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed if cfg.seed is not None else 0,
-      pack=cfg.pack, use_cached=cfg.use_cached, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_epochs=cfg.num_epochs if num_epochs is None else num_epochs,
-      state=state, **kwargs)
+    cfg.mixture_or_task_name,
+    dict(cfg.task_feature_lengths),
+    cfg.split,
+    cfg.batch_size // jax.process_count(),
+    shuffle=cfg.shuffle if shuffle is None else shuffle,
+    seed=cfg.seed if cfg.seed is not None else 0,
+    pack=cfg.pack,
+    use_cached=cfg.use_cached,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_epochs=cfg.num_epochs if num_epochs is None else num_epochs,
+    state=state,
+    **kwargs,
+  )
 
 
 def reshape_for_context(batch: Mapping[str, np.ndarray], context: Optional[int]) -> Dict[str, np.ndarray]:
@@ -127,58 +144,65 @@ def _input_shapes(cfg: DatasetConfig) -> Dict[str, tuple]:
   return {"decoder_input_tokens": (1, length), "decoder_target_tokens": (1, length)}
 
 
-_MACRO_FOR = {"model": "MODEL", "model_dir": "MODEL_DIR", "total_steps": "TRAIN_STEPS",
-              "mixture_or_task_name": "MIXTURE_OR_TASK_NAME", "task_feature_lengths": "TASK_FEATURE_LENGTHS",
-              "batch_size": "BATCH_SIZE"}
+_MACRO_FOR = {
+  "model": "MODEL",
+  "model_dir": "MODEL_DIR",
+  "total_steps": "TRAIN_STEPS",
+  "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
+  "task_feature_lengths": "TASK_FEATURE_LENGTHS",
+  "batch_size": "BATCH_SIZE",
+}
 
 
 def _check_required(**values):
   missing = [k for k, v in values.items() if v is gin.REQUIRED or (v is None and k != "batch_size")]
   if missing:
     names = ", ".join(f"{_MACRO_FOR.get(k, k)} (train_lib.train {k})" for k in missing)
-    raise ValueError(f"missing required gin macro(s): {names}. Set them in a gin file or on the command line, "
-                     f"e.g. --gin.MODEL_DIR=\\\"/tmp/run\\\" (MODEL comes from a model gin such as models/small.gin).")
+    raise ValueError(
+      f"missing required gin macro(s): {names}. Set them in a gin file or on the command line, "
+      f"e.g. --gin.MODEL_DIR=\\\"/tmp/run\\\" (MODEL comes from a model gin such as models/small.gin)."
+    )
 
 
 def train(
-    *,
-    model: Any,
-    model_dir: str,
-    train_dataset_cfg: DatasetConfig,
-    total_steps: int,
-    train_eval_dataset_cfg: Optional[DatasetConfig] = None,
-    optimizer_fn: Callable[..., Any] = optimizer_lib.adamw,
-    learning_rate_fn: Optional[Callable[[Any], Any]] = None,
-    num_microbatches: int = 1,
-    single_gradient_reduction: bool = True,
-    random_seed: int = 0,
-    mesh_fn: Callable[[], Any] = partitioning.create_mesh,
-    logical_axis_rules: Optional[Sequence] = None,
-    checkpoint_period: int = 1000,
-    keep_checkpoints: Optional[int] = 3,
-    async_checkpointing: bool = True,
-    resume: bool = True,
-    eval_period: int = 1000,
-    eval_steps: int = 20,
-    log_period: int = 10,
-    max_consecutive_bad_steps: int = 10,
-    dynamic_loss_scale: bool = False,
-    initial_loss_scale: float = 2.0 ** 15,
-    loss_scale_growth_interval: int = 2000,
-    staged_warmup_steps: int = 0,
-    warmup_train_context: Optional[int] = None,
-    peak_flops_per_device: Optional[float] = None,
-    dataset_fn: Optional[Callable[..., Any]] = None,
-    export_params_at_end: bool = False,
-    init_params_from: Optional[str] = None,
-    sample_prompts: Optional[Sequence[str]] = None,
-    sample_length: int = 48,
-    sample_temperature: float = 0.0,
-    sample_top_k: int = 0,
-    sample_seed: int = 0,
-    write_summaries: bool = True,
-    stop_at_step: Optional[int] = None,
-    console: bool = True,
+  *,
+  model: Any,
+  model_dir: str,
+  train_dataset_cfg: DatasetConfig,
+  total_steps: int,
+  train_eval_dataset_cfg: Optional[DatasetConfig] = None,
+  optimizer_fn: Callable[..., Any] = optimizer_lib.adamw,
+  learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+  num_microbatches: int = 1,
+  single_gradient_reduction: bool = True,
+  random_seed: int = 0,
+  mesh_fn: Callable[[], Any] = partitioning.create_mesh,
+  logical_axis_rules: Optional[Sequence] = None,
+  checkpoint_period: int = 1000,
+  keep_checkpoints: Optional[int] = 3,
+  async_checkpointing: bool = True,
+  resume: bool = True,
+  eval_period: int = 1000,
+  eval_steps: int = 20,
+  log_period: int = 10,
+  max_consecutive_bad_steps: int = 10,
+  dynamic_loss_scale: bool = False,
+  initial_loss_scale: float = 2.0**15,
+  loss_scale_growth_interval: int = 2000,
+  staged_warmup_steps: int = 0,
+  warmup_train_context: Optional[int] = None,
+  peak_flops_per_device: Optional[float] = None,
+  dataset_fn: Optional[Callable[..., Any]] = None,
+  export_params_at_end: bool = False,
+  init_params_from: Optional[str] = None,
+  sample_prompts: Optional[Sequence[str]] = None,
+  sample_length: int = 48,
+  sample_temperature: float = 0.0,
+  sample_top_k: int = 0,
+  sample_seed: int = 0,
+  write_summaries: bool = True,
+  stop_at_step: Optional[int] = None,
+  console: bool = True,
 ) -> Dict[str, Any]:
   """Trains `model` for `total_steps` steps (resuming from the latest checkpoint in `model_dir`).
 
@@ -193,25 +217,34 @@ def train(
   Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step'}.
   """
   t_start = time.time()
-  _check_required(model=model, model_dir=model_dir, total_steps=total_steps,
-                  mixture_or_task_name=train_dataset_cfg.mixture_or_task_name,
-                  task_feature_lengths=train_dataset_cfg.task_feature_lengths,
-                  batch_size=train_dataset_cfg.batch_size)
-  if train_eval_dataset_cfg is not None and (train_eval_dataset_cfg.mixture_or_task_name is gin.REQUIRED or
-                                             train_eval_dataset_cfg.task_feature_lengths is gin.REQUIRED):
+  _check_required(
+    model=model,
+    model_dir=model_dir,
+    total_steps=total_steps,
+    mixture_or_task_name=train_dataset_cfg.mixture_or_task_name,
+    task_feature_lengths=train_dataset_cfg.task_feature_lengths,
+    batch_size=train_dataset_cfg.batch_size,
+  )
+  if train_eval_dataset_cfg is not None and (
+    train_eval_dataset_cfg.mixture_or_task_name is gin.REQUIRED
+    or train_eval_dataset_cfg.task_feature_lengths is gin.REQUIRED
+  ):
     train_eval_dataset_cfg = None
   dataset_fn = dataset_fn or default_dataset_fn
   if learning_rate_fn is None:
-    learning_rate_fn = optimizer_lib.warmup_cosine_schedule(decay_steps=total_steps,
-                                                            warmup_steps=min(1000, max(total_steps // 10, 1)))
+    learning_rate_fn = optimizer_lib.warmup_cosine_schedule(
+      decay_steps=total_steps, warmup_steps=min(1000, max(total_steps // 10, 1))
+    )
   tx = optimizer_fn(learning_rate=learning_rate_fn)
   rules = tuple(logical_axis_rules) if logical_axis_rules is not None else partitioning.logical_axis_rules()
   mesh = mesh_fn()
   partitioner = partitioning.Partitioner(mesh, rules)
   dp = partitioner.data_parallel_size
   if train_dataset_cfg.batch_size % (dp * max(num_microbatches, 1)) and num_microbatches > 1:
-    raise ValueError(f"batch size {train_dataset_cfg.batch_size} must be divisible by data-parallel size {dp} x "
-                     f"num_microbatches {num_microbatches}")
+    raise ValueError(
+      f"batch size {train_dataset_cfg.batch_size} must be divisible by data-parallel size {dp} x "
+      f"num_microbatches {num_microbatches}"
+    )
   logging.info("mesh %s, rules %s", dict(mesh.shape), rules)
 
   # ---- abstract state and shardings (no device memory touched yet) ----
@@ -228,7 +261,8 @@ def train(
   def init_state(k_init, k_train):
     variables = model.get_initial_variables(k_init, input_shapes, input_types)
     return train_step_lib.create_train_state(
-        variables["params"], tx, k_train, initial_loss_scale if dynamic_loss_scale else 1.0)
+      variables["params"], tx, k_train, initial_loss_scale if dynamic_loss_scale else 1.0
+    )
 
   abstract_state = jax.eval_shape(init_state, init_key, train_key)
   state_sh = train_step_lib.state_shardings(abstract_state, params_sh, tx, partitioner.replicated)
@@ -243,8 +277,9 @@ def train(
   data_state = None
   latest = ckpt.latest_step() if resume else None
   if latest is not None:
-    abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    abstract_state, state_sh)
+    abstract_with_sh = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh
+    )
     state, data_state = ckpt.restore(latest, abstract_with_sh)
     logging.info("Restored checkpoint step %d from %s", latest, model_dir)
     if console and jax.process_index() == 0:
@@ -270,22 +305,30 @@ def train(
       pass
     with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
       f.write(f"num_params {num_params}\nmesh {dict(mesh.shape)}\n")
-      for (path, spec) in jax.tree_util.tree_flatten_with_path(
-          params_sh, is_leaf=lambda x: hasattr(x, "spec"))[0]:
+      for path, spec in jax.tree_util.tree_flatten_with_path(params_sh, is_leaf=lambda x: hasattr(x, "spec"))[0]:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         shape, dtype = params_info.get(name, (None, None))
         f.write(f"{name} {shape} {dtype} {spec.spec}\n")
 
   # ---- jitted steps ----
   step_fn = train_step_lib.make_train_step(
-      model, tx, learning_rate_fn, num_microbatches=num_microbatches, dynamic_loss_scale=dynamic_loss_scale,
-      growth_interval=loss_scale_growth_interval, params_shardings=params_sh, logical_axis_rules=rules,
-      single_reduction=single_gradient_reduction)
+    model,
+    tx,
+    learning_rate_fn,
+    num_microbatches=num_microbatches,
+    dynamic_loss_scale=dynamic_loss_scale,
+    growth_interval=loss_scale_growth_interval,
+    params_shardings=params_sh,
+    logical_axis_rules=rules,
+    single_reduction=single_gradient_reduction,
+  )
   batch_sh = partitioner.batch_sharding(2)
-  jit_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioner.replicated),
-                     donate_argnums=(0,))
-  jit_eval = jax.jit(train_step_lib.make_eval_step(model), in_shardings=(params_sh, batch_sh),
-                     out_shardings=partitioner.replicated)
+  jit_step = jax.jit(
+    step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioner.replicated), donate_argnums=(0,)
+  )
+  jit_eval = jax.jit(
+    train_step_lib.make_eval_step(model), in_shardings=(params_sh, batch_sh), out_shardings=partitioner.replicated
+  )
 
   writer = metrics_lib.create_writer(model_dir, "train", enabled=write_summaries)
   eval_writer = metrics_lib.create_writer(model_dir, "training_eval", enabled=write_summaries)
@@ -348,23 +391,35 @@ def train(
     nonlocal tokens_seen, total_skipped, skipped_samples
     step_no, dev_metrics, proc_tok = p
     m = jax.device_get(dev_metrics)
-    rec = {"step": step_no, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-           "learning_rate": float(m["learning_rate"]), "num_tokens": float(m["num_tokens"]),
-           "finite": bool(m["finite"]), "loss_scale": float(m["loss_scale"])}
+    rec = {
+      "step": step_no,
+      "loss": float(m["loss"]),
+      "grad_norm": float(m["grad_norm"]),
+      "learning_rate": float(m["learning_rate"]),
+      "num_tokens": float(m["num_tokens"]),
+      "finite": bool(m["finite"]),
+      "loss_scale": float(m["loss_scale"]),
+    }
     rec.update({f"model/{k}": v for k, v in train_step_lib.compute_model_metrics(m["model_metrics"]).items()})
     history.append(rec)
     if not rec["finite"]:
       total_skipped += 1
       interval["skipped"] += 1
-      logging.warning("step %d: non-finite loss/grad (loss=%s gnorm=%s); update skipped (%d in a row)",
-                      step_no, rec["loss"], rec["grad_norm"], int(m["bad_steps"]))
+      logging.warning(
+        "step %d: non-finite loss/grad (loss=%s gnorm=%s); update skipped (%d in a row)",
+        step_no,
+        rec["loss"],
+        rec["grad_norm"],
+        int(m["bad_steps"]),
+      )
       if int(m["bad_steps"]) >= max_consecutive_bad_steps:
         ckpt.wait()
         last = ckpt.latest_step()
         raise NonFiniteLossError(
-            f"loss/gradients were NaN/Inf for {int(m['bad_steps'])} consecutive steps (last at step {step_no}); "
-            f"stopping. No update was applied on those steps; the last checkpoint "
-            f"({'step ' + str(last) if last is not None else 'none'}) in {model_dir} is intact.")
+          f"loss/gradients were NaN/Inf for {int(m['bad_steps'])} consecutive steps (last at step {step_no}); "
+          f"stopping. No update was applied on those steps; the last checkpoint "
+          f"({'step ' + str(last) if last is not None else 'none'}) in {model_dir} is intact."
+        )
     else:
       tokens_seen += rec["num_tokens"]
       interval["loss_sum"] += rec["loss"] * rec["num_tokens"]
@@ -382,15 +437,23 @@ def train(
         except Exception:  # pylint: disable=broad-except
           pass
       fpt = metrics_lib.train_flops_per_token(num_params, n_layers, emb_dim, seq_len_full)
-      scal = {"loss": loss, "perplexity": metrics_lib.safe_exp(loss), "learning_rate": rec["learning_rate"],
-              "grad_norm": rec["grad_norm"], "tokens_seen": tokens_seen, "tokens_per_sec": tps,
-              "mfu": (fpt * tps / peak) if peak else 0.0, "step_time": dt / interval["steps"],
-              "skipped_steps": float(total_skipped), "skipped_samples": float(skipped_samples)}
+      scal = {
+        "loss": loss,
+        "perplexity": metrics_lib.safe_exp(loss),
+        "learning_rate": rec["learning_rate"],
+        "grad_norm": rec["grad_norm"],
+        "tokens_seen": tokens_seen,
+        "tokens_per_sec": tps,
+        "mfu": (fpt * tps / peak) if peak else 0.0,
+        "step_time": dt / interval["steps"],
+        "skipped_steps": float(total_skipped),
+        "skipped_samples": float(skipped_samples),
+      }
       if dynamic_loss_scale:
         scal["loss_scale"] = rec["loss_scale"]
       for k, v in rec.items():
         if k.startswith("model/") and k != "model/loss":
-          scal[k[len("model/"):]] = v
+          scal[k[len("model/") :]] = v
       writer.write_scalars(step_no, scal)
       if console and jax.process_index() == 0:
         print(metrics_lib.progress_line(step_no, total_steps, scal), flush=True)
@@ -471,17 +534,39 @@ def train(
   ckpt.close()
   samples = None
   if sample_prompts:
-    samples = sample_text(model, state.params, sample_prompts, sample_length, sample_temperature, sample_seed,
-                          top_k=sample_top_k, console=console)
+    samples = sample_text(
+      model,
+      state.params,
+      sample_prompts,
+      sample_length,
+      sample_temperature,
+      sample_seed,
+      top_k=sample_top_k,
+      console=console,
+    )
   if console and jax.process_index() == 0:
     print(f"done: step {step}, {time.time() - t_start:.1f}s, checkpoint {model_dir}/checkpoint_{step}", flush=True)
-  return {"state": state, "history": history, "evals": evals, "step": step, "samples": samples,
-          "compile_time_s": compile_info.get("compile_time_s"), "peak_memory_bytes": compile_info.get(
-              "peak_memory_bytes")}
+  return {
+    "state": state,
+    "history": history,
+    "evals": evals,
+    "step": step,
+    "samples": samples,
+    "compile_time_s": compile_info.get("compile_time_s"),
+    "peak_memory_bytes": compile_info.get("peak_memory_bytes"),
+  }
 
 
-def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 48, temperature: float = 0.0,
-                seed: int = 0, console: bool = True, top_k: int = 0) -> Optional[List[str]]:
+def sample_text(
+  model: Any,
+  params: Any,
+  prompts: Sequence[str],
+  length: int = 48,
+  temperature: float = 0.0,
+  seed: int = 0,
+  console: bool = True,
+  top_k: int = 0,
+) -> Optional[List[str]]:
   """prompt + continuation for each prompt (decoded with `gpt_plugin.generate` through `model.vocabulary`).
 
   Returns None (with a warning) where it can't run: several processes (params not on one host), no
@@ -493,6 +578,7 @@ def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 4
     return None
   try:
     from gpt_plugin import generate  # pylint: disable=g-import-not-at-top
+
     gen = generate.Generator(model, params)
     kwargs = dict(max_new_tokens=int(length))
     if temperature and temperature > 0:
@@ -511,8 +597,9 @@ def sample_text(model: Any, params: Any, prompts: Sequence[str], length: int = 4
     how = "greedy" if not temperature or temperature <= 0 else f"temperature {temperature}, seed {seed}"
     how += f", top-k {top_k}" if top_k and temperature and temperature > 0 else ""
     for i, t in enumerate(texts):
-      print(f"--- sample {i + 1}/{len(texts)} ({how}, {length} new tokens, {time.time() - t0:.1f}s) ---\n{t}",
-            flush=True)
+      print(
+        f"--- sample {i + 1}/{len(texts)} ({how}, {length} new tokens, {time.time() - t0:.1f}s) ---\n{t}", flush=True
+      )
   return texts
 
 
@@ -533,6 +620,7 @@ def run_from_gin() -> Dict[str, Any]:
 def _distributed_initialized() -> bool:
   try:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
     return distributed.global_state.client is not None
   except Exception:  # pylint: disable=broad-except
     return False

@@ -17,6 +17,7 @@ One jitted train step (in/out shardings, donated state):
     data position still advance) and increments `bad_steps` (consecutive count; reset by a good step);
   * optional dynamic loss scaling (fp16): scale halves on overflow, doubles after `growth_interval` good steps.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -35,30 +36,45 @@ from gpt_plugin import partitioning
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array          # int32 scalar: train steps taken (== batches consumed)
-  params: Any              # fp32
-  opt_state: Any           # fp32
-  rng: jax.Array           # uint32 raw key data of the base training key
-  loss_scale: jax.Array    # float32 scalar (1.0 unless dynamic loss scaling)
-  good_steps: jax.Array    # int32: finite steps since the last loss-scale change
-  bad_steps: jax.Array     # int32: consecutive non-finite steps
+  step: jax.Array  # int32 scalar: train steps taken (== batches consumed)
+  params: Any  # fp32
+  opt_state: Any  # fp32
+  rng: jax.Array  # uint32 raw key data of the base training key
+  loss_scale: jax.Array  # float32 scalar (1.0 unless dynamic loss scaling)
+  good_steps: jax.Array  # int32: finite steps since the last loss-scale change
+  bad_steps: jax.Array  # int32: consecutive non-finite steps
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array,
-                       initial_loss_scale: float = 1.0) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
-                    loss_scale=jnp.asarray(initial_loss_scale, jnp.float32),
-                    good_steps=jnp.zeros((), jnp.int32), bad_steps=jnp.zeros((), jnp.int32))
+def create_train_state(
+  params: Any, tx: optax.GradientTransformation, rng: jax.Array, initial_loss_scale: float = 1.0
+) -> TrainState:
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
+    loss_scale=jnp.asarray(initial_loss_scale, jnp.float32),
+    good_steps=jnp.zeros((), jnp.int32),
+    bad_steps=jnp.zeros((), jnp.int32),
+  )
 
 
-def state_shardings(abstract_state: TrainState, params_shardings: Any, tx: optax.GradientTransformation,
-                    replicated: Any) -> TrainState:
+def state_shardings(
+  abstract_state: TrainState, params_shardings: Any, tx: optax.GradientTransformation, replicated: Any
+) -> TrainState:
   """Shardings for the whole state: optimiser slots that mirror params get the param sharding."""
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, params_shardings,
-                                        transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=params_shardings, opt_state=opt_shardings, rng=replicated,
-                    loss_scale=replicated, good_steps=replicated, bad_steps=replicated)
+  opt_shardings = optax.tree_map_params(
+    tx, lambda _, s: s, abstract_state.opt_state, params_shardings, transform_non_params=lambda _: replicated
+  )
+  return TrainState(
+    step=replicated,
+    params=params_shardings,
+    opt_state=opt_shardings,
+    rng=replicated,
+    loss_scale=replicated,
+    good_steps=replicated,
+    bad_steps=replicated,
+  )
 
 
 def _tree_add(a, b):
@@ -72,6 +88,7 @@ def _zeros_like_shapes(tree):
 def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -> Dict[str, jax.Array]:
   """[B, ...] -> [M, B/M, ...]; microbatch m takes rows m, M+m, 2M+m, ... so every data shard feeds every
   microbatch equally (no cross-device data movement)."""
+
   def split(x):
     b = x.shape[0]
     if b % num_microbatches:
@@ -79,6 +96,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) ->
     x = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
     x = jnp.swapaxes(x, 0, 1)
     return jax.lax.with_sharding_constraint(x, P(None, partitioning.BATCH_AXES, *([None] * (x.ndim - 2))))
+
   return {k: split(v) for k, v in batch.items()}
 
 
@@ -121,10 +139,18 @@ def _out_spec(spec: P, manual: Sequence[str]) -> P:
   return P(*[(d if len(d) > 1 else d[0]) if d else None for d in _manual_axes_of(spec, manual)])
 
 
-def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_fn: Callable[[Any], Any],
-                    num_microbatches: int = 1, dynamic_loss_scale: bool = False, growth_interval: int = 2000,
-                    params_shardings: Any = None, weight_key: str = "decoder_loss_weights",
-                    logical_axis_rules: Optional[Sequence[Tuple[str, Any]]] = None, single_reduction: bool = True):
+def make_train_step(
+  model: Any,
+  tx: optax.GradientTransformation,
+  learning_rate_fn: Callable[[Any], Any],
+  num_microbatches: int = 1,
+  dynamic_loss_scale: bool = False,
+  growth_interval: int = 2000,
+  params_shardings: Any = None,
+  weight_key: str = "decoder_loss_weights",
+  logical_axis_rules: Optional[Sequence[Tuple[str, Any]]] = None,
+  single_reduction: bool = True,
+):
   """Returns `train_step(state, batch) -> (new_state, metrics)` (not yet jitted).
 
   `single_reduction` (with `num_microbatches > 1`, `params_shardings` given and a data-parallel mesh): run the
@@ -133,13 +159,16 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
   """
   mesh = None
   if params_shardings is not None:
-    leaves = [s for s in jax.tree.leaves(params_shardings, is_leaf=lambda x: hasattr(x, "mesh"))
-              if hasattr(s, "mesh")]
+    leaves = [s for s in jax.tree.leaves(params_shardings, is_leaf=lambda x: hasattr(x, "mesh")) if hasattr(s, "mesh")]
     mesh = leaves[0].mesh if leaves else None
   manual = tuple(partitioning.BATCH_AXES)
-  use_shard_map = bool(single_reduction and num_microbatches > 1 and mesh is not None
-                       and all(a in mesh.shape for a in manual)
-                       and int(np.prod([mesh.shape[a] for a in manual])) > 1)
+  use_shard_map = bool(
+    single_reduction
+    and num_microbatches > 1
+    and mesh is not None
+    and all(a in mesh.shape for a in manual)
+    and int(np.prod([mesh.shape[a] for a in manual])) > 1
+  )
 
   def microbatch_value_and_grad(params, mb, rng, scale):
     def scaled_sum(p):
@@ -147,6 +176,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
       w = jnp.sum(mb[weight_key]).astype(jnp.float32)
       loss_sum = jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0)
       return loss_sum * scale, (loss_sum, w, metrics)
+
     (_, aux), grads = jax.value_and_grad(scaled_sum, has_aux=True)(params)
     return grads, aux
 
@@ -162,8 +192,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
       # Per device: its own rows [b_local, ...] -> microbatches [M, b_local / M, ...]; nothing leaves the device
       # until the loop is done.
       key = jax.random.fold_in(jax.random.wrap_key_data(key_data), jax.lax.axis_index(manual))
-      mbs = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches)
-                                                           + x.shape[1:]), 0, 1), dict(batch))
+      mbs = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1),
+        dict(batch),
+      )
       with nn.logical_axis_rules(inner_rules), flax_partitioning.axis_rules(inner_rules):
         first = jax.tree.map(lambda x: x[0], mbs)
         g_shape, aux_shape = jax.eval_shape(microbatch_value_and_grad, params, first, key, scale)
@@ -182,9 +214,14 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
 
     grad_out_specs = jax.tree.map(lambda sp: _out_spec(sp, manual), specs, is_leaf=is_spec)
     batch_specs = jax.tree.map(lambda x: P(manual, *([None] * (x.ndim - 1))), dict(batch))
-    fn = jax.shard_map(local, mesh=mesh, axis_names=frozenset(manual), check_vma=False,
-                       in_specs=(jax.tree.map(lambda _: P(), specs, is_leaf=is_spec), batch_specs, P(), P()),
-                       out_specs=(grad_out_specs, P()))
+    fn = jax.shard_map(
+      local,
+      mesh=mesh,
+      axis_names=frozenset(manual),
+      check_vma=False,
+      in_specs=(jax.tree.map(lambda _: P(), specs, is_leaf=is_spec), batch_specs, P(), P()),
+      out_specs=(grad_out_specs, P()),
+    )
     return fn(params, dict(batch), jax.random.key_data(step_key), scale)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -234,14 +271,24 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
       good = jnp.where(grow, 0, good)
     else:
       new_scale, good = scale, state.good_steps
-    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
-                              loss_scale=new_scale, good_steps=good.astype(jnp.int32),
-                              bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32))
+    new_state = state.replace(
+      step=state.step + 1,
+      params=new_params,
+      opt_state=new_opt_state,
+      loss_scale=new_scale,
+      good_steps=good.astype(jnp.int32),
+      bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32),
+    )
     out = {
-        "loss": loss, "loss_sum": loss_sum, "num_tokens": w, "grad_norm": grad_norm,
-        "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
-        "finite": ok, "bad_steps": new_state.bad_steps, "loss_scale": scale,
-        "model_metrics": metrics,
+      "loss": loss,
+      "loss_sum": loss_sum,
+      "num_tokens": w,
+      "grad_norm": grad_norm,
+      "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+      "finite": ok,
+      "bad_steps": new_state.bad_steps,
+      "loss_scale": scale,
+      "model_metrics": metrics,
     }
     return new_state, out
 
@@ -250,11 +297,12 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, learning_rate_
 
 def make_eval_step(model: Any, weight_key: str = "decoder_loss_weights"):
   """`eval_step(params, batch) -> {'loss_sum', 'num_tokens', 'model_metrics'}`."""
+
   def eval_step(params, batch):
     loss, metrics = model.eval_fn(params, batch)
     w = jnp.sum(batch[weight_key]).astype(jnp.float32)
-    return {"loss_sum": jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), "num_tokens": w,
-            "model_metrics": metrics}
+    return {"loss_sum": jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), "num_tokens": w, "model_metrics": metrics}
+
   return eval_step
 
 
