@@ -424,4 +424,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from gpt_plugin import cli  # user errors: one ERROR line, exit 2 (--verbose: traceback)
+
+  sys.exit(cli.run_argparse(main))
