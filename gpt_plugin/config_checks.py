@@ -32,29 +32,44 @@ class Bound:
     return self.value is _UNBOUND
 
 
-def _macro_name(v: Any) -> Optional[str]:
-  if isinstance(v, gin.config.ConfigurableReference) and v.selector == "gin.macro":
-    return v.scoped_selector.rsplit("/", 1)[0]
-  return None
+def _reference(v: Any) -> Tuple[Optional[str], Optional[str]]:
+  """('gin.macro' | 'gin.constant', name) for `%NAME`, else (None, None)."""
+  if isinstance(v, gin.config.ConfigurableReference) and v.selector in ("gin.macro", "gin.constant"):
+    return v.selector, v.scoped_selector.rsplit("/", 1)[0]
+  return None, None
+
+
+def _value_of(v: Any, label: str, depth: int = 0) -> Any:
+  """`v` with every `%MACRO` / `%CONSTANT` inside it (also inside tuples, lists, dicts) replaced by its value."""
+  if depth > 32:
+    raise ConfigError(f"{label}: the macros refer to each other in a cycle")
+  kind, name = _reference(v)
+  if name == "gin.REQUIRED":
+    raise ConfigError(f"{label} is required: set it, e.g. --gin.{label}=... (see --help)")
+  if kind == "gin.macro":
+    return _value_of(gin.query_parameter(f"%{name}"), name, depth + 1)
+  if kind == "gin.constant":
+    return gin.config._CONSTANTS.get(name, v)  # pylint: disable=protected-access
+  if isinstance(v, (tuple, list)):
+    return type(v)(_value_of(x, label, depth + 1) for x in v)
+  if isinstance(v, dict):
+    return {k: _value_of(x, label, depth + 1) for k, x in v.items()}
+  return v
 
 
 def bound(selector: str) -> Bound:
-  """The value bound to `selector` (`train_lib.train.total_steps`, `%TRAIN_STEPS`), following macro chains."""
+  """The value bound to `selector` (`train_lib.train.total_steps`, `%TRAIN_STEPS`), macros resolved; its label is
+  the macro the binding names (TRAIN_STEPS), else the selector."""
   label = selector[1:] if selector.startswith("%") else selector
   try:
     v = gin.query_parameter(selector)
   except ValueError:
     return Bound(_UNBOUND, label)
-  for _ in range(32):  # DECAY_STEPS = %TRAIN_STEPS = ...
-    name = _macro_name(v)
-    if name is None:
-      break
-    if name == "gin.REQUIRED":
-      raise ConfigError(f"{label} is required: set it, e.g. --gin.{label}=... (see --help)")
-    if label == selector:
-      label = name
+  kind, name = _reference(v)
+  if kind == "gin.macro":
+    label = name
     v = gin.query_parameter(f"%{name}")
-  return Bound(v, label)
+  return Bound(_value_of(v, label), label)
 
 
 def _kind(v: Any) -> str:
