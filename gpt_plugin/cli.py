@@ -195,7 +195,8 @@ def _absl_flags_parser(argv: Sequence[str]) -> List[str]:
   try:
     return flags.FLAGS(gin_utils.rewrite_gin_args(argv))
   except (flags.Error, UserError) as e:
-    print(f"ERROR: {e} (see {os.path.basename(argv[0])} --help)", file=sys.stderr, flush=True)
+    runner = os.path.splitext(os.path.basename(argv[0]))[0]
+    print(f"ERROR: {e} (see python -m gpt_plugin.{runner} --help)", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
