@@ -107,10 +107,14 @@ def is_user_error(e: BaseException) -> bool:
   return isinstance(e, ValueError) and _raised_by_our_code(e)
 
 
+_GIN_CALL_CONTEXT = re.compile(r"\s+In call to configurable '")  # gin's addition to errors in bound functions
+
+
 def report_user_error(e: BaseException, verbose: bool) -> None:
   if verbose:
     traceback.print_exception(e)
-  print(f"ERROR: {e}", file=sys.stderr, flush=True)
+  message = "\n".join(line for line in str(e).splitlines() if not _GIN_CALL_CONTEXT.match(line))
+  print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

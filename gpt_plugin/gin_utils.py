@@ -142,6 +142,19 @@ def _parameter_names(configurable_name: str) -> List[str]:
     return []
 
 
+def _required_macros() -> List[str]:
+  """Macros still bound to `%gin.REQUIRED`."""
+  out = []
+  for name in sorted(_defined_macros()):
+    try:
+      v = gin.query_parameter(f"%{name}")
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if isinstance(v, gin.config.ConfigurableReference) and v.scoped_selector.startswith("gin.REQUIRED/"):
+      out.append(name)
+  return out
+
+
 def _looks_like_bare_string(value: str) -> bool:
   value = value.strip()
   if not value or value[0] in "'\"@%[({-+.0123456789":
@@ -156,6 +169,12 @@ def _explain(e: Exception, where: str, binding: Optional[str] = None) -> ConfigE
   if m:  # an undefined %MACRO (gin appends the whole config; drop it)
     macro = m.group(1)
     return ConfigError(f"{where}: macro %{macro} is used but never defined{did_you_mean(macro, _defined_macros())}")
+  m = re.search(r"([\w.]+)/macro\.value set to `%gin\.REQUIRED` but not subsequently overridden", msg)
+  if m:
+    missing = _required_macros() or [m.group(1)]
+    return ConfigError(
+      f"required gin macros not set: {', '.join(missing)}; set them, e.g. --gin.{missing[0]}=... (see --help)"
+    )
   m = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", msg)
   if m:
     conf, param = m.groups()

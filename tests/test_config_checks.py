@@ -80,12 +80,13 @@ def test_eval_batch_is_checked_only_when_evaluating():
     ("MODEL_DIR = /tmp/x", r"""strings need quotes: write --gin.MODEL_DIR=\\"/tmp/x\\" """.strip()),
     ("DECAY_STEPS = %TRAIN_STEP", r"macro %TRAIN_STEP is used but never defined \(did you mean TRAIN_STEPS"),
     ("TRAIN_STEPS = (", r"gin binding 'TRAIN_STEPS = \('"),
+    ("TRAIN_STEPS = 5", r"required gin macros not set: MIXTURE_OR_TASK_NAME, MODEL_DIR, TASK_FEATURE_LENGTHS;"),
   ],
 )
 def test_gin_mistakes_are_config_errors_with_suggestions(binding, expected):
   try:
     with pytest.raises(ConfigError, match=expected) as e:
-      gin_utils.parse_gin(["runs/pretrain.gin"], [binding], finalize=True)
+      gin_utils.parse_gin(["runs/pretrain.gin"], ["MODEL = None", binding], allow_new_macros=("MODEL",))
     assert "Macros:" not in str(e.value)  # gin's whole-config dump is dropped
   finally:
     gin.clear_config()

@@ -111,6 +111,12 @@ def test_verbose_adds_the_trace_and_program_bugs_keep_theirs(capsys, monkeypatch
   err = capsys.readouterr().err
   assert "Traceback" in err and err.count("ERROR:") == 1 and err.endswith("ERROR: BATCH_SIZE = 6 is wrong (['--x'])\n")
 
+  def gin_wrapped(argv):  # gin adds the configurable it was calling; the one line keeps only the message
+    raise FileNotFoundError("checkpoint path '/x' does not exist\n  In call to configurable 'evaluate' (<function>)")
+
+  assert cli.run_argparse(gin_wrapped, []) == 2
+  assert capsys.readouterr().err == "ERROR: checkpoint path '/x' does not exist\n"
+
   def bug(argv):
     return {}["missing"]
 
