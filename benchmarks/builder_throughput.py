@@ -43,7 +43,8 @@ def load_tokenizer():
 
 def bundled_documents(tok) -> list[str]:
   """The pydocs documents, decoded from the bundled shards (train, then validation)."""
-  meta = json.load(open(os.path.join(CORPUS, "metadata.json")))
+  with open(os.path.join(CORPUS, "metadata.json")) as f:
+    meta = json.load(f)
   eos = meta["tokenizer"]["eos_id"]
   stream = []
   for split in ("train", "validation"):
