@@ -2,9 +2,9 @@
 
     python benchmarks/builder_throughput.py [--reps 3] [--copies 1] [--num_workers N] [--builder_args ...]
 
-The text is the bundled `pydocs` corpus itself: its shards are decoded back to the 993 documents
-(byte-level BPE is lossless; 1.96 MB of UTF-8, see gpt_plugin/data/sample_corpus/PROVENANCE.md) and written
-as one JSONL file, `--copies` times over. Contenders, interleaved, `--reps` times each:
+The text is the bundled `pydocs` corpus itself: its shards are decoded back to the 993 documents in their input
+order (byte-level BPE is lossless; 1.96 MB of UTF-8, see gpt_plugin/data/sample_corpus/PROVENANCE.md) and
+written as one JSONL file, `--copies` times over (what make_pydocs.py feeds the builder). Contenders, interleaved, `--reps` times each:
 
 * builder: `python -m gpt_plugin.data.build_corpus --input <jsonl> --tokenizer <pydocs tokenizer.json>
   --n_ctx 1024 --quiet` in a fresh process, wall clock from spawn to exit (imports, reading, tokenising,
@@ -42,19 +42,34 @@ def load_tokenizer():
 
 
 def bundled_documents(tok) -> list[str]:
-  """The pydocs documents, decoded from the bundled shards (train, then validation)."""
+  """The pydocs documents in their input order, decoded from the bundled shards.
+
+  The shards hold each split's documents shuffled; the builder's seeded split (metadata.json's seed and counts)
+  says where each came from."""
+  from gpt_plugin.data import corpus_split
+
   with open(os.path.join(CORPUS, "metadata.json")) as f:
     meta = json.load(f)
   eos = meta["tokenizer"]["eos_id"]
-  stream = []
+  decoded = {}
   for split in ("train", "validation"):
+    stream = []
     for shard in meta[f"{split}_shards"]:
       with tarfile.open(os.path.join(CORPUS, shard)) as tar:
         members = sorted(tar.getmembers(), key=lambda m: int(m.name.split("_")[1].split(".")[0]))
         stream.extend(np.load(io.BytesIO(tar.extractfile(m).read())).astype(np.int64) for m in members)
-  ids = np.concatenate(stream)
-  docs = np.split(ids, np.flatnonzero(ids == eos) + 1)
-  return [tok.decode(d[:-1].tolist(), skip_special_tokens=False) for d in docs if d.size > 1]
+    ids = np.concatenate(stream)
+    docs = np.split(ids, np.flatnonzero(ids == eos) + 1)
+    decoded[split] = [tok.decode(d[:-1].tolist(), skip_special_tokens=False) for d in docs if d.size > 1]
+  n_val, n = len(decoded["validation"]), meta["input_documents"]
+  train, val = corpus_split.split_documents(
+    n, validation_fraction=0.0, validation_docs=n_val, seed=meta["seed"], shuffle_docs=True
+  )
+  out = [""] * n
+  for split, idx in (("train", train), ("validation", val)):
+    for i, text in zip(idx, decoded[split]):
+      out[i] = text
+  return out
 
 
 def run_builder(jsonl: str, out: str, extra: list[str]) -> float:
