@@ -12,7 +12,8 @@ written as one JSONL file, `--copies` times over (what make_pydocs.py feeds the 
 * encode_batch: `tokenizers.Tokenizer.encode_batch(documents)` in this process, already loaded (only the call).
 
 Both are reported in tokens/s of the same token count (tokens of every document + one EOS each), with the
-ratio of the medians (builder / encode_batch).
+ratio of the medians (builder / encode_batch). `--baseline_repo DIR` adds the builder of another checkout
+(before/after in one run).
 """
 
 import argparse
@@ -72,12 +73,12 @@ def bundled_documents(tok) -> list[str]:
   return out
 
 
-def run_builder(jsonl: str, out: str, extra: list[str]) -> float:
+def run_builder(jsonl: str, out: str, extra: list[str], repo: str = REPO) -> float:
   cmd = [sys.executable, "-m", "gpt_plugin.data.build_corpus", "--input", jsonl, "--output_dir", out]
   cmd += ["--name", "bench", "--tokenizer", TOKENIZER, "--n_ctx", "1024", "--quiet"] + extra
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
   t0 = time.perf_counter()
-  subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+  subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return time.perf_counter() - t0
 
 
@@ -86,6 +87,11 @@ def main():
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--copies", type=int, default=1, help="write the bundled text this many times")
   p.add_argument("--num_workers", type=int, default=None, help="passed to the builder (default: its own default)")
+  p.add_argument(
+    "--baseline_repo",
+    default=None,
+    help="also time the builder of this checkout (e.g. a `git worktree` of an older commit), interleaved",
+  )
   a = p.parse_args()
   tok = load_tokenizer()
   docs = bundled_documents(tok) * a.copies
@@ -94,21 +100,28 @@ def main():
   extra = [] if a.num_workers is None else ["--num_workers", str(a.num_workers)]
   print(f"text: {len(docs)} documents, {n_bytes / 1e6:.2f} MB, {n_tokens} tokens (incl. one EOS per document)")
   print(f"machine: {os.cpu_count()} CPUs; builder flags: {' '.join(extra) or '(defaults)'}")
-  t_build, t_enc = [], []
+  t_build, t_enc, t_base = [], [], []
   with tempfile.TemporaryDirectory() as tmp:
     jsonl = os.path.join(tmp, "docs.jsonl")
     with open(jsonl, "w", encoding="utf-8") as f:
       f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
     for r in range(a.reps):
       t_build.append(run_builder(jsonl, os.path.join(tmp, f"out{r}"), extra))
+      if a.baseline_repo:
+        t_base.append(run_builder(jsonl, os.path.join(tmp, f"base{r}"), extra, os.path.abspath(a.baseline_repo)))
       t0 = time.perf_counter()
       tok.encode_batch(docs, add_special_tokens=False)
       t_enc.append(time.perf_counter() - t0)
-      print(f"rep {r + 1}: builder {t_build[-1]:.2f} s, encode_batch {t_enc[-1]:.2f} s", flush=True)
+      base = f", baseline builder {t_base[-1]:.2f} s" if t_base else ""
+      print(f"rep {r + 1}: builder {t_build[-1]:.2f} s, encode_batch {t_enc[-1]:.2f} s{base}", flush=True)
   b, e = statistics.median(t_build), statistics.median(t_enc)
   print(f"builder (end to end): {n_tokens / b / 1e3:8.1f}k tok/s  (median {b:.2f} s)")
   print(f"encode_batch        : {n_tokens / e / 1e3:8.1f}k tok/s  (median {e:.2f} s)")
   print(f"ratio builder / encode_batch: {e / b:.2f}x")
+  if t_base:
+    o = statistics.median(t_base)
+    print(f"baseline builder    : {n_tokens / o / 1e3:8.1f}k tok/s  (median {o:.2f} s, {a.baseline_repo})")
+    print(f"ratio baseline / encode_batch: {e / o:.2f}x; builder / baseline: {o / b:.2f}x")
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def main(argv=None):
   gin_path = os.path.join(os.path.abspath(args.output_dir), meta["gin"])
   print(
     f"train on it: python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin_file={gin_path} "
-    '--gin.MODEL_DIR=\\"/tmp/my_model\\"'
+    f'--gin.MODEL_DIR=\\"/tmp/{args.name}_model\\"'
   )
   return 0
 
