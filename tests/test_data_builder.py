@@ -168,7 +168,7 @@ def _build(tmp_path, *extra, inp=None, out="out"):
   return build_corpus.build(build_corpus.parse_args(argv + list(extra)))
 
 
-def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_path):
+def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_path, monkeypatch):
   import gin
 
   from gpt_plugin.data import corpus_gin
@@ -180,7 +180,7 @@ def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_pa
   assert meta["gin"] == "books.gin" and meta["tokenizer"]["padded_vocab_size"] == 384
   text = gin_file.read_text()
   assert f"'{tmp_path / 'out' / 'tokenizer.json'}'" in text and f"'{tmp_path / 'out' / 'books_train.index'}'" in text
-  os.chdir(tmp_path)  # absolute paths: works from any folder
+  monkeypatch.chdir(tmp_path)  # absolute paths: works from any folder
   gin_flags.parse_gin(["runs/quickstart.gin", str(gin_file)], finalize=False)
   try:
     assert gin.query_parameter("%VOCAB_SIZE") == 384
@@ -303,12 +303,14 @@ def tarfile_members(path):
 @pytest.mark.parametrize(
   "args, message",
   [
-    (["--input", "{tmp}/nothing/*.txt"], "ERROR: --input '{tmp}/nothing/*.txt' matches no files"),
-    (["--input", "{tmp}/bad.jsonl"], "ERROR: {tmp}/bad.jsonl:2: not a JSON line"),
-    (["--input", "{tmp}/bad.jsonl", "--tokenizer", "{tmp}/missing.json"], "ERROR: {tmp}/bad.jsonl:2"),
-    (["--input", "{tmp}/ok.txt", "--tokenizer", "{tmp}/missing.json"], "ERROR: --tokenizer {tmp}/missing.json: not a"),
-    (["--input", "{tmp}/ok.txt", "--n_ctx", "0"], "ERROR: --n_ctx 0: must be a positive number"),
+    (["--input", "{tmp}/nothing/*.txt", "--tokenizer", "byte"], "ERROR: --input '{tmp}/nothing/*.txt' matches no"),
+    (["--input", "{tmp}/bad.jsonl", "--tokenizer", "byte"], "ERROR: {tmp}/bad.jsonl:2: not a JSON line"),
+    (["--input", "{tmp}/bad.jsonl", "--tokenizer", "{tmp}/missing.json"], "ERROR: --tokenizer {tmp}/missing.json: not"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "{tmp}/ok.txt"], "ERROR: --tokenizer {tmp}/ok.txt: not a tokenizer"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--n_ctx", "0"], "ERROR: --n_ctx 0: must be a positive"),
     (["--input", "{tmp}/ok.txt"], "ERROR: give --tokenizer"),
+    (["--input", "{tmp}/ok.txt", "--train_tokenizer", "100"], "ERROR: --train_tokenizer 100: a byte-level BPE needs"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--validation_fraction", "1.5"], "--validation_fraction 1.5"),
   ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, message):

@@ -129,10 +129,7 @@ def encode_member(ids: np.ndarray, fmt: str, dtype) -> tuple[str, bytes]:
 def _check_args(args) -> None:
   if args.n_ctx <= 0:
     raise errors.UserError(f"--n_ctx {args.n_ctx}: must be a positive number of tokens per row")
-  if args.tokenizer and args.train_tokenizer:
-    raise errors.UserError("give either --tokenizer or --train_tokenizer, not both")
-  if args.train_tokenizer is not None and args.train_tokenizer < 259:
-    raise errors.UserError(f"--train_tokenizer {args.train_tokenizer}: a byte-level BPE needs at least 259 tokens")
+  corpus_tokenizer.check_tokenizer_args(args.tokenizer, args.train_tokenizer)
   if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
     raise errors.UserError(f"--name {args.name!r}: use letters, digits, '_' and '-' (it names the shards and task)")
 

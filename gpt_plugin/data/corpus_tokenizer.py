@@ -87,6 +87,23 @@ def _gpt2_files_to_json(directory: str, dest: str) -> None:
   tok.save(dest)
 
 
+def check_tokenizer_args(given: Optional[str], train_size: Optional[int]) -> None:
+  """The tokenizer options' errors, found before anything is written."""
+  if given and train_size:
+    raise TokenizerError("give either --tokenizer or --train_tokenizer, not both")
+  if not given and not train_size:
+    raise TokenizerError("give --tokenizer (tokenizer.json, directory, .model or 'byte') or --train_tokenizer N")
+  if train_size is not None and train_size < 256 + 3:
+    raise TokenizerError(f"--train_tokenizer {train_size}: a byte-level BPE needs at least 259 tokens")
+  if given and given != "byte":
+    if not os.path.exists(given):
+      raise TokenizerError(
+        f"--tokenizer {given}: not a tokenizer.json, .model file, directory or 'byte' (no such file)"
+      )
+    if os.path.isfile(given) and not given.endswith((".json", ".model")):
+      raise TokenizerError(f"--tokenizer {given}: not a tokenizer.json, .model file, directory or 'byte'")
+
+
 def prepare_tokenizer(
   given: str | None, out_dir: str, *, train_docs=None, train_size: int | None = None, **train_kw
 ) -> tuple[TokenizerSpec, dict]:
