@@ -321,3 +321,14 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, message)
   err = capsys.readouterr().err
   assert message.format(tmp=tmp_path) in err and err.count("ERROR") == 1 and "Traceback" not in err
   assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_chunks_are_sized_by_bytes_and_the_default_is_one_process_for_tokenizers():
+  from gpt_plugin.data import corpus_encode, corpus_tokenizer
+
+  texts = ["é" * 500] * 10 + ["x" * 5000] + ["ab"] * 3  # "é" is 2 bytes
+  ranges = corpus_encode.byte_chunks(texts, 2000)
+  assert ranges == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 11), (11, 14)]
+  hf = corpus_tokenizer.TokenizerSpec("hf", "x.json")
+  assert corpus_encode.default_num_workers(hf, 1 << 30) == 1
+  assert corpus_encode.default_num_workers(corpus_tokenizer.TokenizerSpec("byte"), 1 << 10) == 1

@@ -42,7 +42,7 @@ def byte_chunks(texts: Sequence[str], chunk_bytes: int) -> list[tuple[int, int]]
   """[start, end) ranges of consecutive texts of about `chunk_bytes` UTF-8 bytes each (a longer text alone)."""
   ranges, start, size = [], 0, 0
   for i, t in enumerate(texts):
-    size += len(t)  # characters: cheap, and close enough to bytes for sizing
+    size += len(t.encode("utf-8"))
     if size >= chunk_bytes:
       ranges.append((start, i + 1))
       start, size = i + 1, 0
@@ -67,7 +67,7 @@ def encode_splits(
   """Yields `(split, token arrays of a chunk of its texts)` in order: every chunk of the first split, then the next.
 
   One pool serves every split. `chunk_bytes` 0 sizes chunks to about 8 per worker, within 64 KiB..4 MiB."""
-  total = sum(len(t) for texts in split_texts.values() for t in texts)
+  total = sum(len(t.encode("utf-8")) for texts in split_texts.values() for t in texts)
   if chunk_bytes <= 0:
     chunk_bytes = min(max(total // (8 * max(num_workers, 1)), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
   tasks = [(split, texts[a:b]) for split, texts in split_texts.items() for a, b in byte_chunks(texts, chunk_bytes)]
