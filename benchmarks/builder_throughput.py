@@ -78,7 +78,8 @@ def run_builder(jsonl: str, out: str, extra: list[str], repo: str = REPO) -> flo
   cmd += ["--name", "bench", "--tokenizer", TOKENIZER, "--n_ctx", "1024", "--quiet"] + extra
   env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
   t0 = time.perf_counter()
-  subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # cwd=repo: `python -m` puts the working directory first on sys.path
+  subprocess.run(cmd, check=True, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return time.perf_counter() - t0
 
 

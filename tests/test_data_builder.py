@@ -311,6 +311,7 @@ def tarfile_members(path):
     (["--input", "{tmp}/ok.txt"], "ERROR: give --tokenizer"),
     (["--input", "{tmp}/ok.txt", "--train_tokenizer", "100"], "ERROR: --train_tokenizer 100: a byte-level BPE needs"),
     (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--validation_fraction", "1.5"], "--validation_fraction 1.5"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--dtype", "float32"], "ERROR: --dtype float32: not an integ"),
   ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, message):

@@ -130,6 +130,7 @@ def _check_args(args) -> None:
   if args.n_ctx <= 0:
     raise errors.UserError(f"--n_ctx {args.n_ctx}: must be a positive number of tokens per row")
   corpus_tokenizer.check_tokenizer_args(args.tokenizer, args.train_tokenizer)
+  _token_dtype(args.dtype)
   if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
     raise errors.UserError(f"--name {args.name!r}: use letters, digits, '_' and '-' (it names the shards and task)")
 
@@ -205,6 +206,18 @@ def _tokenise_and_write(args, split: corpus_split.Split, spec: corpus_tokenizer.
   return out
 
 
+def _token_dtype(name: str, vocab_size: int = 1):
+  if name == "auto":
+    return np.uint16 if vocab_size <= 65536 else np.int32
+  try:
+    dtype = np.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.kind not in "iu" or np.iinfo(dtype).max < vocab_size - 1:
+    raise errors.UserError(f"--dtype {name}: not an integer type that holds ids up to {vocab_size - 1}")
+  return dtype
+
+
 def build(args) -> dict:
   """Builds the corpus described by `args` (see `parse_args`) and returns its metadata.json contents."""
   _check_args(args)
@@ -218,10 +231,7 @@ def build(args) -> dict:
     min_frequency=args.tokenizer_min_frequency,
     show_progress=not args.quiet,
   )
-  if args.dtype == "auto":
-    dtype = np.uint16 if spec.vocab_size <= 65536 else np.int32
-  else:
-    dtype = np.dtype(args.dtype)
+  dtype = _token_dtype(args.dtype, spec.vocab_size)
   tokenizer_desc.update(
     vocab_size=spec.vocab_size,
     padded_vocab_size=corpus_gin.padded_vocab_size(spec.vocab_size),
