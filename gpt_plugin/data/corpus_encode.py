@@ -8,6 +8,8 @@ over every core with the library's own thread pool, and worker processes would o
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import multiprocessing as mp
 import os
 from collections.abc import Iterator, Sequence
@@ -72,13 +74,26 @@ def encode_splits(
     chunk_bytes = min(max(total // (8 * max(num_workers, 1)), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
   tasks = [(split, texts[a:b]) for split, texts in split_texts.items() for a, b in byte_chunks(texts, chunk_bytes)]
   if num_workers <= 1:
-    encoder = Encoder(spec)
-    for split, texts in tasks:
-      yield split, encoder.encode_batch(texts)
+    yield from _encode_here(tasks, Encoder(spec))
     return
   with start_pool(spec, num_workers) as pool:
     for (split, _), ids in zip(tasks, pool.imap(_encode, [t for _, t in tasks])):
       yield split, ids
+
+
+def _encode_here(tasks, encoder: Encoder) -> Iterator[tuple[str, list[np.ndarray]]]:
+  """In this process, one chunk ahead: a thread tokenises the next chunk (the tokenizer releases the GIL) while
+  the caller packs and writes this one."""
+  ahead: collections.deque = collections.deque()
+  with concurrent.futures.ThreadPoolExecutor(1) as thread:
+    for split, texts in tasks:
+      ahead.append((split, thread.submit(encoder.encode_batch, texts)))
+      if len(ahead) > 1:
+        split_done, ids = ahead.popleft()
+        yield split_done, ids.result()
+    while ahead:
+      split_done, ids = ahead.popleft()
+      yield split_done, ids.result()
 
 
 def start_pool(spec: TokenizerSpec, num_workers: int):

@@ -44,7 +44,7 @@ def split_documents(
   """Indices of the train and validation documents: a seeded sample of whole documents."""
   rng = np.random.default_rng(seed)
   perm = rng.permutation(n_docs)
-  n_val = validation_docs if validation_docs is not None else int(round(n_docs * validation_fraction))
+  n_val = validation_docs if validation_docs is not None else round(n_docs * validation_fraction)
   n_val = min(max(n_val, 0), max(n_docs - 1, 0))
   val, train = perm[:n_val], perm[n_val:]
   if not shuffle_docs:

@@ -87,7 +87,7 @@ def _gpt2_files_to_json(directory: str, dest: str) -> None:
   tok.save(dest)
 
 
-def check_tokenizer_args(given: Optional[str], train_size: Optional[int]) -> None:
+def check_tokenizer_args(given: str | None, train_size: int | None) -> None:
   """The tokenizer options' errors, found before anything is written."""
   if given and train_size:
     raise TokenizerError("give either --tokenizer or --train_tokenizer, not both")
