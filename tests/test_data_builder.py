@@ -317,7 +317,9 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, message)
   (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
   (tmp_path / "ok.txt").write_text("some text\n")
   argv = [a.format(tmp=tmp_path) for a in args] + ["--output_dir", str(tmp_path / "out"), "--quiet"]
-  assert build_corpus.main(argv) == 2
+  from gpt_plugin import cli
+
+  assert cli.run_argparse(build_corpus.main, argv) == 2  # the runner's own entry: one ERROR line, exit 2
   err = capsys.readouterr().err
   assert message.format(tmp=tmp_path) in err and err.count("ERROR") == 1 and "Traceback" not in err
   assert not (tmp_path / "out").exists()  # nothing written

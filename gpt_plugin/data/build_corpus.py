@@ -319,11 +319,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  try:
-    meta = build(args)
-  except errors.UserError as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    return 2
+  meta = build(args)  # a UserError becomes one ERROR line and exit 2 in cli.run_argparse
   summary = {k: v for k, v in meta.items() if not k.endswith("_shards") and k != "inputs"}
   print(json.dumps(summary, indent=2))
   gin_path = os.path.join(os.path.abspath(args.output_dir), meta["gin"])
