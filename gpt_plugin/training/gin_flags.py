@@ -30,7 +30,13 @@ class _GinPathProbeFilter(logging.Filter):
 
 logging.getLogger().addFilter(_GinPathProbeFilter())
 
-REPO_GIN_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "gin"))
+# Installed (wheel): the gin files ship as package data in gpt_plugin/gin; checkout / editable install: <repo>/gin.
+_PACKAGE_GIN_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "gin"))
+REPO_GIN_DIR = (
+  _PACKAGE_GIN_DIR
+  if os.path.isdir(_PACKAGE_GIN_DIR)
+  else os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "gin"))
+)
 _MACRO_RE = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=")
 
 
