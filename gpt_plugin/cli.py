@@ -12,6 +12,7 @@ def _absl_runner(module_name: str) -> None:
   from gpt_plugin.training import gin_flags  # pylint: disable=import-outside-toplevel
 
   module = importlib.import_module(module_name)
+  sys.modules["__main__"].__doc__ = module.__doc__  # absl's --help prints the main module's docstring
   app.run(module.main, flags_parser=gin_flags.flags_parser)
 
 
