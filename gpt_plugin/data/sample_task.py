@@ -7,11 +7,13 @@ PROVENANCE.md there.  Importing this module registers ``pydocs``; use it with
 (gin: ``import tasks`` then ``@tasks.pydocs_vocabulary()``; the top-level ``tasks`` package re-exports it).
 """
 
+import functools
 import os
 
 import gin
 import seqio
 
+from gpt_plugin import metrics_lib
 from gpt_plugin.data import tasks_lib, vocabularies
 
 SAMPLE_CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_corpus")
@@ -27,13 +29,17 @@ def pydocs_vocabulary() -> vocabularies.HFTokenizerVocabulary:
 
 
 def register_pydocs(name: str = PYDOCS_TASK):
+  """Registers the task, with score metrics (loss, perplexity, bits per byte) for `t5x.eval`."""
+  vocabulary = pydocs_vocabulary()
   return tasks_lib.register_tar_shard_task(
     name,
     train_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_train.index"),
     validation_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_validation.index"),
-    vocabulary=pydocs_vocabulary(),
+    vocabulary=vocabulary,
     member_format="npy",
     shuffle_window=256,
+    metrics_fns=[metrics_lib.lm_score_metrics],
+    postprocess_fn=functools.partial(metrics_lib.lm_target_stats, vocabulary=vocabulary),
   )
 
 
