@@ -52,7 +52,7 @@ def test_seqio_cache_job_and_cached_reading(tmp_path):
   assert (cache / "cache_toy" / "stats.train.json").exists()
 
   sys.path.insert(0, str(tmp_path))
-  import cache_toy_tasks  # noqa: F401  (registers the same task in this process)
+  import cache_toy_tasks  # (registers the same task in this process)
 
   it = pipeline.get_dataset(
     "cache_toy",
@@ -82,13 +82,20 @@ def test_seqio_cache_job_and_cached_reading(tmp_path):
       np.testing.assert_array_equal(b[k], first[j][k])
 
   # gpt_plugin.train reads the cache through the SEQIO_CACHE_DIRS macro (seqio.add_global_cache_dirs), as the
-  # README shows. A fresh seqio cache-dir list first, so that only the macro can point seqio at the cache.
+  # README shows. A fresh seqio cache-dir list and a freshly registered task (seqio remembers where it found a
+  # task's cache) before each run, so that only the macro can point seqio at the cache.
+  import importlib
+
   import gin
   import seqio
 
   from gpt_plugin.training import gin_flags, train_lib
 
-  seqio.set_global_cache_dirs([])
+  def fresh_task():
+    seqio.set_global_cache_dirs([])
+    importlib.reload(cache_toy_tasks)
+
+  fresh_task()
   bindings = [
     f"MODEL_DIR = '{tmp_path / 'model'}'",
     "MIXTURE_OR_TASK_NAME = 'cache_toy'",
@@ -107,6 +114,7 @@ def test_seqio_cache_job_and_cached_reading(tmp_path):
       train_lib.run_from_gin()
   finally:
     gin.clear_config()
+  fresh_task()
   gin_flags.parse_gin(["models/small.gin", "runs/pretrain.gin"], bindings + [f"SEQIO_CACHE_DIRS = ['{cache}']"])
   try:
     res = train_lib.run_from_gin()
