@@ -230,3 +230,39 @@ def run_absl(main: Callable[[List[str]], None], doc: str, run_gin: Optional[str]
       main(argv)
 
   app.run(wrapped, flags_parser=_absl_flags_parser)
+
+
+# Console-script entry points (setup.py): `gpt-plugin-train`, `-eval`, `-infer`, `-convert`, `-build-corpus`, the
+# same runners as `python -m gpt_plugin.train|eval|infer|convert` and `python -m gpt_plugin.data.build_corpus`.
+_GIN_RUNNERS = {"train": "runs/pretrain.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin"}
+
+
+def _gin_runner(name: str) -> None:
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  module = importlib.import_module(f"gpt_plugin.{name}")
+  run_absl(module.main, module.__doc__, run_gin=_GIN_RUNNERS[name])
+
+
+def train() -> None:
+  _gin_runner("train")
+
+
+def eval() -> None:  # pylint: disable=redefined-builtin
+  _gin_runner("eval")
+
+
+def infer() -> None:
+  _gin_runner("infer")
+
+
+def convert() -> int:
+  from gpt_plugin.convert.__main__ import main  # pylint: disable=g-import-not-at-top
+
+  return main(sys.argv[1:])
+
+
+def build_corpus() -> int:
+  from gpt_plugin.data.build_corpus import main  # pylint: disable=g-import-not-at-top
+
+  return run_argparse(main)

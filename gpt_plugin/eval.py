@@ -1,6 +1,6 @@
 r"""Perplexity / bits per byte at several context lengths (ALiBi length extrapolation at a glance).
 
-  python -m gpt_plugin.eval --gin_file=runs/eval_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/quickstart\"
+  python -m gpt_plugin.eval --gin_file=runs/eval_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/gpt_plugin_quickstart\"
 
 Writes `eval_results.json` and `eval_perplexity.png` to EVAL_OUTPUT_DIR (default `<CHECKPOINT_PATH>/eval`).
 The gin-bound logic lives in gpt_plugin/inference/eval_lib.py (`eval_lib.evaluate`).

@@ -1,11 +1,11 @@
 r"""Generate with a trained model.
 
 Batch (T5X infer-gin vocabulary; prompts from a seqio task or a text/JSONL file, predictions as JSONL):
-  python -m gpt_plugin.infer --gin_file=runs/infer_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/quickstart\" \
-    --gin.INFER_OUTPUT_DIR=\"/tmp/quickstart/infer\" [--gin.INPUT_FILE=\"prompts.txt\"]
+  python -m gpt_plugin.infer --gin_file=runs/infer_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/gpt_plugin_quickstart\" \
+    --gin.INFER_OUTPUT_DIR=\"/tmp/gpt_plugin_quickstart/infer\" [--gin.INPUT_FILE=\"prompts.txt\"]
 
 Interactive (prompt on the command line, text out):
-  python -m gpt_plugin.infer --gin_file=runs/infer_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/quickstart\" \
+  python -m gpt_plugin.infer --gin_file=runs/infer_quickstart.gin --gin.CHECKPOINT_PATH=\"/tmp/gpt_plugin_quickstart\" \
     --prompt="The for statement" [--prompt=...] [--max_new_tokens=64 --temperature=0.8 --top_p=0.9 --greedy]
 
 The gin-bound logic lives in gpt_plugin/inference/infer_lib.py (`infer_lib.infer`, `infer_lib.interactive`).

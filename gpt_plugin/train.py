@@ -1,4 +1,6 @@
-r"""Train a model: `python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=\"/tmp/qs\"`.
+r"""Train a model:
+
+  python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=\"/tmp/gpt_plugin_quickstart\"
 
 Flags follow T5X (`--gin_file`, `--gin_bindings`, `--gin_search_paths`, `--gin.NAME=VALUE`); the run gin files
 bind `gpt_plugin.training.train_lib.train`. The configuration is checked (gpt_plugin/config_checks.py) before

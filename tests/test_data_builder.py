@@ -171,7 +171,7 @@ def _build(tmp_path, *extra, inp=None, out="out"):
 def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_path, monkeypatch):
   import gin
   from gpt_plugin.data import corpus_gin
-  from gpt_plugin.training import gin_flags
+  from gpt_plugin import gin_utils
 
   assert [corpus_gin.padded_vocab_size(n) for n in (50257, 8192, 300)] == [50304, 8192, 384]
   meta = _build(tmp_path, "--train_tokenizer", "300")
@@ -180,7 +180,7 @@ def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_pa
   text = gin_file.read_text()
   assert f"'{tmp_path / 'out' / 'tokenizer.json'}'" in text and f"'{tmp_path / 'out' / 'books_train.index'}'" in text
   monkeypatch.chdir(tmp_path)  # absolute paths: works from any folder
-  gin_flags.parse_gin(["runs/quickstart.gin", str(gin_file)], finalize=False)
+  gin_utils.parse_gin(["runs/quickstart.gin", str(gin_file)], finalize=False)
   try:
     assert gin.query_parameter("%VOCAB_SIZE") == 384
     vocab = gin.query_parameter("%VOCABULARY").scoped_configurable_fn()

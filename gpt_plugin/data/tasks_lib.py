@@ -209,6 +209,7 @@ def register_tar_shard_task(
   overwrite: bool = True,
   extra_splits: Optional[Mapping[str, Any]] = None,
   metrics_fns=(),
+  postprocess_fn=None,
 ) -> seqio.Task:
   """Registers a seqio Task named ``name`` over tar shards and returns it.
 
@@ -252,6 +253,7 @@ def register_tar_shard_task(
     preprocessors=preprocessors,
     shuffle_buffer_size=None,
     metric_fns=list(metrics_fns),
+    postprocess_fn=postprocess_fn,
   )
 
 

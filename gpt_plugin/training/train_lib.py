@@ -203,6 +203,7 @@ def train(
   write_summaries: bool = True,
   stop_at_step: Optional[int] = None,
   console: bool = True,
+  seqio_cache_dirs: Sequence[str] = (),
 ) -> Dict[str, Any]:
   """Trains `model` for `total_steps` steps (resuming from the latest checkpoint in `model_dir`).
 
@@ -214,9 +215,15 @@ def train(
   `sample_prompts`: at the end, continue each prompt by `sample_length` tokens from the final params with
   `gpt_plugin.generate` (greedy when `sample_temperature` is 0, else temperature sampling, top-k when
   `sample_top_k` > 0, seeded by `sample_seed`) through the model's vocabulary, and print prompt + continuation (result key 'samples').
+  `seqio_cache_dirs` (gin: SEQIO_CACHE_DIRS): directories written by seqio's cache job, added with
+  `seqio.add_global_cache_dirs` so that `use_cached=True` (USE_CACHED_TASKS) finds the cached tasks there.
   Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step'}.
   """
   t_start = time.time()
+  if seqio_cache_dirs:
+    import seqio  # pylint: disable=g-import-not-at-top
+
+    seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   _check_required(
     model=model,
     model_dir=model_dir,
