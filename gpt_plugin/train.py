@@ -17,7 +17,10 @@ def main(argv):
   gin_flags.parse_from_flags()
   from gpt_plugin.training import train_lib  # pylint: disable=g-import-not-at-top
 
-  with gin_flags.exit_on(train_lib.NonFiniteLossError, train_lib.checkpointing.ShapeMismatchError):
+  from gpt_plugin import errors  # pylint: disable=g-import-not-at-top
+
+  # NonFiniteLossError / NoStepAppliedError, ShapeMismatchError, NoRestorableCheckpointError, ... are UserErrors.
+  with gin_flags.exit_on(errors.UserError):
     train_lib.run_from_gin()
 
 
