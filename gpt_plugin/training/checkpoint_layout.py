@@ -16,6 +16,7 @@ Everything else that reads or writes this layout (`checkpointing.Checkpointer`, 
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,6 +30,17 @@ META_FILE = "metadata"  # the file orbax's JsonCheckpointHandler writes inside m
 CORRUPT_SUFFIX = ".corrupt"
 ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
 PARAMS_KEY = "params"  # the train-state entry holding the params
+
+
+class _NoMissingMetadataWarning(py_logging.Filter):
+  """Orbax warns "Metadata file does not exist" on every restore of a checkpoint without its optional
+  `_CHECKPOINT_METADATA` (params exports, converted checkpoints); that is expected, so it is not shown."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Metadata file does not exist")
+
+
+py_logging.getLogger("absl").addFilter(_NoMissingMetadataWarning())
 
 
 def step_dir_name(step: int) -> str:

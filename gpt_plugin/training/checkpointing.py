@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as py_logging
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
@@ -33,17 +32,6 @@ class ShapeMismatchError(params_io.ParamsMismatchError, errors.UserError):
 
 class NoRestorableCheckpointError(errors.UserError):
   """Every checkpoint in MODEL_DIR failed to restore (the message names each one and why)."""
-
-
-class _OrbaxRestoreNoise(py_logging.Filter):
-  """Orbax logs "Metadata file does not exist" on every restore of a checkpoint written without its optional
-  per-item metadata; it is expected, so it is not shown (`-v 1` does not bring it back either: it is noise)."""
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Metadata file does not exist")
-
-
-py_logging.getLogger("absl").addFilter(_OrbaxRestoreNoise())
 
 
 class ProcessJsonHandler(ocp.JsonCheckpointHandler):
@@ -170,28 +158,29 @@ class Checkpointer:
   ) -> Optional[Tuple[int, Any, Optional[dict]]]:
     """(step, state, data position) of the newest checkpoint that restores, None when there is none.
 
-    A checkpoint that fails (truncated array file, missing `_METADATA`, garbled data-position file, ...) is
+    Newer checkpoints that fail (truncated array file, missing `_METADATA`, garbled data-position file, ...) are
     moved aside as `checkpoint_<step>.corrupt` (nothing is deleted; the rename lets training write that step
-    again) and `warn` is called with one message naming it, the reason and the checkpoint used instead. Raises
-    NoRestorableCheckpointError when checkpoints exist but none restores."""
-    failures: List[Tuple[str, str]] = []  # (folder name, reason)
+    again) and `warn` is called once, naming them, why, and the checkpoint used instead. Raises
+    NoRestorableCheckpointError, changing nothing, when checkpoints exist but none restores."""
+    failures: List[Tuple[int, str]] = []  # (step, reason)
     for step in sorted(self.all_steps(), reverse=True):
       try:
         state, data = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
-        failures.append((layout.step_dir_name(step), " ".join(f"{type(e).__name__}: {e}".split())[:300]))
-        self._set_aside(step)
+        failures.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
         continue
       if failures:
+        for bad, _ in failures:
+          self._set_aside(bad)
         warn(
-          f"restoring {failures[0][0]} in {self.directory} failed, so the newest checkpoint that restores, "
-          f"{layout.step_dir_name(step)}, is used instead ({_describe_failures(failures)})"
+          f"restoring {layout.step_dir_name(failures[0][0])} in {self.directory} failed, so the newest checkpoint "
+          f"that restores, {layout.step_dir_name(step)}, is used instead ({_describe_failures(failures, True)})"
         )
       return step, state, data
     if failures:
       raise NoRestorableCheckpointError(
-        f"no checkpoint in {self.directory} restores ({_describe_failures(failures)}); rename one back or use "
-        f"another MODEL_DIR"
+        f"no checkpoint in {self.directory} restores ({_describe_failures(failures, False)}); nothing was changed. "
+        f"Use another MODEL_DIR, or move the broken checkpoints away to start from scratch"
       )
     return None
 
@@ -219,5 +208,6 @@ class Checkpointer:
       self.manager.close()
 
 
-def _describe_failures(failures: List[Tuple[str, str]]) -> str:
-  return "; ".join(f"{name}: {reason}; moved aside to {name}{layout.CORRUPT_SUFFIX}" for name, reason in failures)
+def _describe_failures(failures: List[Tuple[int, str]], moved: bool) -> str:
+  where = (lambda name: f"; moved aside to {name}{layout.CORRUPT_SUFFIX}") if moved else (lambda name: "")
+  return "; ".join(f"{layout.step_dir_name(s)}: {reason}{where(layout.step_dir_name(s))}" for s, reason in failures)

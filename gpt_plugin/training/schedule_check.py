@@ -33,6 +33,7 @@ def schedule_change_warning(
   old_total = stored.get("total_steps")
   return (
     f"the learning-rate schedule differs from the one checkpoint_{step} was trained with (TRAIN_STEPS={old_total}, "
-    f"now {total_steps}): {'; '.join(changed)}. To keep the old schedule set DECAY_STEPS={old_total} "
-    f"(gin/runs/pretrain.gin)"
+    f"now {total_steps}): learning rate at {'; '.join(changed)}. The run gins decay over DECAY_STEPS, which "
+    f"follows TRAIN_STEPS unless set (gin/runs/pretrain.gin): to keep the old schedule, set DECAY_STEPS to the "
+    f"value it was trained with (--gin.DECAY_STEPS={old_total} if it followed TRAIN_STEPS)"
   )

@@ -137,6 +137,5 @@ def init_or_restore(
     if restored is not None:
       step, state, data_state = restored
       logging.info("Restored checkpoint step %d from %s", step, ckpt.directory)
-      console.print(f"restored {ckpt.directory}/checkpoint_{step}")
       return state, data_state, step
   return fresh_state(spec, partitioner, init_params_from, console), None, None

@@ -310,6 +310,8 @@ def run_training(c: TrainConfig) -> Dict[str, Any]:
     if restored is not None and restored >= c.end_step:
       con.print(_finished_message(c, restored))
       return _result(state, restored, [], [], {})
+    if restored is not None:
+      con.print(f"restored {checkpoint_layout.step_dir(c.model_dir, restored)}")
     _warn_if_schedule_changed(c, ckpt, restored, setup.learning_rate_fn)
     _write_run_files(c, setup)
     con.print(_banner(c, setup, restored))
