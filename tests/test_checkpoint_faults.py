@@ -207,11 +207,11 @@ def test_no_step_applied_raises(tmp_path):
   assert checkpoint_layout.checkpoint_steps(str(tmp_path)) == []  # untrained params are not checkpointed
 
 
-def _cli(model_dir, *extra):
+def _cli(model_dir, *extra, gin_file="train_test.gin"):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([HERE, ROOT, env.get("PYTHONPATH", "")])
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-  cmd = [sys.executable, "-m", "gpt_plugin.train", "--gin_file=train_test.gin", f'--gin.MODEL_DIR="{model_dir}"']
+  cmd = [sys.executable, "-m", "gpt_plugin.train", f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"']
   return subprocess.run(cmd + list(extra), cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -226,14 +226,13 @@ def test_cli_refusal_and_no_step_applied_exit_2_with_one_message(trained, tmp_pa
     assert noise not in r.stderr + r.stdout, r.stderr[-3000:]
   assert _hashes(md) == before
 
-  bad = tmp_path / "nan"
-  r = _cli(
-    bad,
-    "--gin.MODEL=@train_helpers.PoisonLM()",
-    "--gin.train_lib.train.dataset_fn=@train_helpers.poison_dataset_fn()",
-    "--gin.train_helpers.poison_dataset_fn.poison_from=0",
-    "--gin.TRAIN_STEPS=3",
+  nan_gin = tmp_path / "nan.gin"  # every batch gives a NaN loss
+  nan_gin.write_text(
+    "from __gin__ import dynamic_registration\nimport train_helpers\nfrom gpt_plugin.training import train_lib\n"
+    "include 'train_test.gin'\nMODEL = @train_helpers.PoisonLM()\nTRAIN_STEPS = 3\n"
+    "train_lib.train.dataset_fn = @train_helpers.poison_dataset_fn()\ntrain_helpers.poison_dataset_fn.poison_from = 0\n"
   )
+  r = _cli(tmp_path / "nan", gin_file=str(nan_gin))
   assert r.returncode == 2, r.stderr[-3000:]
   assert r.stderr.count("ERROR:") == 1 and "no training step was applied" in r.stderr, r.stderr[-3000:]
   assert "Traceback" not in r.stderr
