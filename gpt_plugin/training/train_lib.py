@@ -244,7 +244,7 @@ def train(
   Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step', 'samples', 'compile_time_s',
   'peak_memory_bytes', 'time_to_first_step_s'}.
   """
-  return run_training(TrainConfig(**{k: v for k, v in locals().items()}))
+  return run_training(TrainConfig(**locals()))
 
 
 @dataclasses.dataclass
