@@ -22,7 +22,7 @@ def main(argv):
   from gpt_plugin import config_checks  # pylint: disable=g-import-not-at-top
   from gpt_plugin.training import train_lib  # pylint: disable=g-import-not-at-top
 
-  print(config_checks.check_train().describe(), flush=True)
+  config_checks.check_train()  # before MODEL_DIR is touched; the start banner names the mesh
   train_lib.run_from_gin()
 
 
