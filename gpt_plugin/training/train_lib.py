@@ -332,8 +332,9 @@ def train(
 
   writer = metrics_lib.create_writer(model_dir, "train", enabled=write_summaries)
   eval_writer = metrics_lib.create_writer(model_dir, "training_eval", enabled=write_summaries)
-  n_layers, emb_dim = metrics_lib.model_dims(model)
   seq_len_full = sum(dict(train_dataset_cfg.task_feature_lengths).values())
+  model_config = getattr(model.module, "config", None)  # None for a non-GPTDecoder module: MFU then reads 0
+  fpt = model_config.flops_per_token(seq_len_full) if model_config is not None else 0.0
   peak = metrics_lib.peak_flops_per_device(override=peak_flops_per_device) * jax.device_count()
 
   def run_eval(step: int) -> Optional[Dict[str, float]]:
@@ -436,7 +437,6 @@ def train(
           skipped_samples = int(train_iter.stats().get("skipped_samples", 0))
         except Exception:  # pylint: disable=broad-except
           pass
-      fpt = metrics_lib.train_flops_per_token(num_params, n_layers, emb_dim, seq_len_full)
       scal = {
         "loss": loss,
         "perplexity": metrics_lib.safe_exp(loss),
