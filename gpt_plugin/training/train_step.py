@@ -2,8 +2,10 @@
 
 One jitted train step (in/out shardings, donated state):
   * the global batch is split into `num_microbatches` microbatches (`lax.scan`); each microbatch contributes its
-    token-weighted loss *sum* and gradient of that sum; after the loop there is exactly one division by the
-    total token weight, so 4 x 2 == 1 x 8 up to float rounding, also with unequal token counts per microbatch;
+    token-weighted loss *sum*, its token weight and the gradient of that sum (`model.loss_sum_fn`); after the
+    loop there is exactly one division, by `model.loss_denominator(total token weight)` (the total weight, or a
+    fixed `loss_normalizing_factor`), so 4 x 2 == 1 x 8 up to float rounding, also with unequal token counts
+    per microbatch and with a fixed normalising factor;
   * single gradient reduction: with several microbatches on a data-parallel mesh the loop runs inside
     `jax.shard_map`, manual over the batch mesh axes `(data, fsdp)` (`tensor` stays automatic, so tensor
     parallelism inside the model is unchanged): every device accumulates the gradient of its own rows locally,
@@ -139,6 +141,21 @@ def _out_spec(spec: P, manual: Sequence[str]) -> P:
   return P(*[(d if len(d) > 1 else d[0]) if d else None for d in _manual_axes_of(spec, manual)])
 
 
+def _loss_sum_and_denominator(model: Any, weight_key: str):
+  """`(loss_sum_fn(params, batch, rng) -> (loss_sum, num_tokens, metrics), loss_denominator(num_tokens))`: the
+  model's own (`DecoderOnlyLM.loss_sum_fn` / `loss_denominator`), or for a model with only T5X's `loss_fn`
+  (e.g. `t5x.models.DecoderOnlyModel`) the reading that `loss_fn` is the mean over the `weight_key` tokens."""
+  if hasattr(model, "loss_sum_fn") and hasattr(model, "loss_denominator"):
+    return model.loss_sum_fn, model.loss_denominator
+
+  def mean_loss_sum_fn(params, batch, rng):
+    loss, metrics = model.loss_fn(params, batch, rng)
+    w = jnp.sum(batch[weight_key]).astype(jnp.float32)
+    return jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), w, metrics
+
+  return mean_loss_sum_fn, lambda w: jnp.maximum(w, 1.0)
+
+
 def make_train_step(
   model: Any,
   tx: optax.GradientTransformation,
@@ -170,11 +187,11 @@ def make_train_step(
     and int(np.prod([mesh.shape[a] for a in manual])) > 1
   )
 
+  loss_sum_fn, loss_denominator = _loss_sum_and_denominator(model, weight_key)
+
   def microbatch_value_and_grad(params, mb, rng, scale):
     def scaled_sum(p):
-      loss, metrics = model.loss_fn(p, mb, rng)
-      w = jnp.sum(mb[weight_key]).astype(jnp.float32)
-      loss_sum = jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0)
+      loss_sum, w, metrics = loss_sum_fn(p, mb, rng)
       return loss_sum * scale, (loss_sum, w, metrics)
 
     (_, aux), grads = jax.value_and_grad(scaled_sum, has_aux=True)(params)
@@ -251,8 +268,8 @@ def make_train_step(
 
       (grads, (loss_sum, w, metrics)), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
 
-    denom = jnp.maximum(w, 1.0)
-    # The single division: unscale and normalise by the total token weight.
+    denom = loss_denominator(w)
+    # The single division: unscale and normalise (by the total token weight, or the fixed normalising factor).
     grads = jax.tree.map(lambda g: (g / (denom * scale)).astype(jnp.float32), grads)
     loss = loss_sum / denom
     grad_norm = optax.tree.norm(grads)
@@ -298,10 +315,11 @@ def make_train_step(
 def make_eval_step(model: Any, weight_key: str = "decoder_loss_weights"):
   """`eval_step(params, batch) -> {'loss_sum', 'num_tokens', 'model_metrics'}`."""
 
+  loss_sum_fn, _ = _loss_sum_and_denominator(model, weight_key)
+
   def eval_step(params, batch):
-    loss, metrics = model.eval_fn(params, batch)
-    w = jnp.sum(batch[weight_key]).astype(jnp.float32)
-    return {"loss_sum": jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), "num_tokens": w, "model_metrics": metrics}
+    loss_sum, w, metrics = loss_sum_fn(params, batch, None)
+    return {"loss_sum": loss_sum, "num_tokens": w, "model_metrics": metrics}
 
   return eval_step
 
