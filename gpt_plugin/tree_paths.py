@@ -6,7 +6,7 @@ reports use for a leaf. Dict keys, dataclass fields and sequence indices each gi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 
@@ -33,3 +33,15 @@ def named_leaves(tree: Any, is_leaf: Optional[Callable[[Any], bool]] = None) -> 
 def flatten(tree: Any, is_leaf: Optional[Callable[[Any], bool]] = None) -> Dict[str, Any]:
   """{'a': {'b': x}} -> {'a/b': x}."""
   return dict(named_leaves(tree, is_leaf))
+
+
+def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  """{'a/b': x} -> {'a': {'b': x}} (nested plain dicts)."""
+  out: Dict[str, Any] = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return out

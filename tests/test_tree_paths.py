@@ -15,6 +15,8 @@ def test_names_of_nested_params_and_train_state_fields():
     ("layers_0/mlp/wi/kernel", params["layers_0"]["mlp"]["wi"]["kernel"]),
   ]
   assert list(tree_paths.flatten({"a": [np.zeros(1), {"b": 2}]})) == ["a/0", "a/1/b"]
+  nested = {"x": {"y": {"z": 1}, "w": 2}}
+  assert tree_paths.unflatten(tree_paths.flatten(nested)) == nested
   state = train_step.TrainState(*(jnp.zeros(()),) * 7)
   assert [n for n, _ in tree_paths.named_leaves(state)] == [
     "step",
