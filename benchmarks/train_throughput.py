@@ -189,7 +189,7 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   peak_mem = metrics.peak_memory_bytes()
   step_s = float(np.median(times))
   tok_s = batch * seq / step_s
-  fpt = metrics.train_flops_per_token(n_params, config.num_layers, config.emb_dim, seq)
+  fpt = config.flops_per_token(seq)
   peak = (args.peak_tflops * 1e12) if args.peak_tflops else metrics.peak_flops_per_device()
   mfu = tok_s * fpt / (peak * n_dev) if peak else 0.0
   return {

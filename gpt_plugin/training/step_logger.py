@@ -50,6 +50,9 @@ def step_record(step_no: int, m: Dict[str, Any]) -> Dict[str, float]:
     "grad_norm": float(m["grad_norm"]),
     "learning_rate": float(m["learning_rate"]),
     "num_tokens": float(m["num_tokens"]),
+    # the token-summed loss: `loss` is divided by the model's loss denominator (a fixed loss_normalizing_factor
+    # when one is set), so only this sum gives the per-token mean the log lines show
+    "loss_sum": float(m["loss_sum"]) if "loss_sum" in m else float(m["loss"]) * float(m["num_tokens"]),
     "finite": bool(m["finite"]),
     "loss_scale": float(m["loss_scale"]),
   }
@@ -110,7 +113,7 @@ class StepLogger:
     if rec["finite"]:
       self.applied += 1
       self.tokens_seen += rec["num_tokens"]
-      self.interval.loss_sum += rec["loss"] * rec["num_tokens"]
+      self.interval.loss_sum += rec["loss_sum"]
       self.interval.tok += rec["num_tokens"]
     else:
       self._non_finite(step_no, rec, int(m["bad_steps"]))
