@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-from gpt_plugin.training import checkpoint_layout as layout
+from gpt_plugin import checkpoint_layout as layout
+from gpt_plugin import tree_paths
 
 _PARAMS_KEYS = ("params", "target")  # ours and exports / T5X's FlaxOptimTrainState
 
@@ -49,15 +50,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return out
 
 
-def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for name, v in flat.items():
-    node = out
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+unflatten = tree_paths.unflatten  # {'a/b': x} -> {'a': {'b': x}}
 
 
 def param_shapes(tree: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
@@ -182,7 +175,7 @@ def _unwrap(tree: Mapping[str, Any]) -> Dict[str, Any]:
 
 def checkpoint_steps(model_dir: str) -> List[int]:
   """Steps of the complete `checkpoint_<step>` directories (with a `state/` item) in a MODEL_DIR, ascending
-  (the layout is `gpt_plugin.training.checkpoint_layout`'s)."""
+  (the layout is `gpt_plugin.checkpoint_layout`'s)."""
   return layout.checkpoint_steps(model_dir)
 
 

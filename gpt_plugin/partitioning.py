@@ -26,6 +26,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from gpt_plugin import tree_paths
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -201,7 +203,7 @@ def params_logical_specs(variables: Any, params: Any) -> Any:
   flat_names = {k: v for k, v in _flatten(names)}
 
   def spec_for(path, leaf):
-    key = tuple(_key_str(p) for p in path)
+    key = tuple(tree_paths.key_name(p) for p in path)
     spec = flat_names.get(key)
     if spec is not None and len(spec) != np.ndim(leaf):
       raise ValueError(f"param {'/'.join(key)} has rank {np.ndim(leaf)} but axes {spec}")
@@ -210,13 +212,6 @@ def params_logical_specs(variables: Any, params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 
-def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
 def _flatten(tree):
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, P))[0]
-  return [(tuple(_key_str(p) for p in path), leaf) for path, leaf in leaves]
+  return [(tuple(tree_paths.key_name(p) for p in path), leaf) for path, leaf in leaves]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from gpt_plugin import errors
-from gpt_plugin.training import checkpoint_layout, checkpointing, optimizer, train_lib
+from gpt_plugin import checkpoint_layout
+from gpt_plugin.training import checkpointing, optimizer, train_lib
 from train_helpers import PoisonLM, losses, poison_dataset_fn, run_train, tiny_lm
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gpt_plugin import errors
-from gpt_plugin.training import checkpoint_layout, console, optimizer, schedule_check, step_logger, summary_steps
+from gpt_plugin import checkpoint_layout
+from gpt_plugin.training import console, optimizer, schedule_check, step_logger, summary_steps
 from train_helpers import tiny_lm
 
 

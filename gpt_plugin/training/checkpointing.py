@@ -2,7 +2,7 @@
 keep-N, restored with a fallback to the newest checkpoint that restores.
 
 The folder layout (names, step pattern, metadata files, the params-only export) is owned by
-`gpt_plugin.training.checkpoint_layout`. Orbax writes into a temporary directory and renames it when every item is
+`gpt_plugin.checkpoint_layout`. Orbax writes into a temporary directory and renames it when every item is
 committed, so a save interrupted by `kill -9` never looks complete (the leftover temporary directory is ignored and
 cleaned up on the next start).
 """
@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 
 from gpt_plugin import errors
 from gpt_plugin import params_io
-from gpt_plugin.training import checkpoint_layout as layout
+from gpt_plugin import tree_paths
+from gpt_plugin import checkpoint_layout as layout
 
 export_params = layout.export_params  # the params-only export lives with the layout
 
@@ -70,12 +71,7 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 def params_shape_info(params: Any) -> Dict[str, list]:
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  out = {}
-  for path, leaf in flat:
-    name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-    out[name] = [list(np.shape(leaf)), str(np.dtype(leaf.dtype))]
-  return out
+  return {name: [list(np.shape(leaf)), str(np.dtype(leaf.dtype))] for name, leaf in tree_paths.named_leaves(params)}
 
 
 class Checkpointer:

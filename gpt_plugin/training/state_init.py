@@ -14,6 +14,7 @@ import numpy as np
 from gpt_plugin import errors
 from gpt_plugin import params_io
 from gpt_plugin import partitioning
+from gpt_plugin import tree_paths
 from gpt_plugin.training import checkpointing
 from gpt_plugin.training import console as console_lib
 from gpt_plugin.training import metrics as metrics_lib
@@ -24,12 +25,7 @@ class InitParamsMismatchError(params_io.ParamsMismatchError, errors.UserError):
   """`init_params_from` holds params whose names or shapes differ from the model's."""
 
 
-def named_leaves(tree):
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [
-    ("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), leaf)
-    for path, leaf in flat
-  ]
+named_leaves = tree_paths.named_leaves
 
 
 def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> Any:

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from gpt_plugin import partitioning
-from gpt_plugin.training import checkpoint_layout
+from gpt_plugin import tree_paths
+from gpt_plugin import checkpoint_layout
 from gpt_plugin.training import checkpointing
 from gpt_plugin.training import console as console_lib
 from gpt_plugin.training import evaluator as evaluator_lib
@@ -357,9 +358,7 @@ def _write_run_files(c: TrainConfig, setup: _Setup) -> None:
   params_info = setup.spec.params_info
   with open(os.path.join(c.model_dir, "model-info.txt"), "w") as f:
     f.write(f"num_params {setup.spec.num_params}\nmesh {dict(setup.mesh.shape)}\n")
-    flat = jax.tree_util.tree_flatten_with_path(setup.spec.params_sh, is_leaf=lambda x: hasattr(x, "spec"))[0]
-    for path, spec in flat:
-      name = "/".join(str(getattr(k, "key", k)) for k in path)
+    for name, spec in tree_paths.named_leaves(setup.spec.params_sh, is_leaf=lambda x: hasattr(x, "spec")):
       shape, dtype = params_info.get(name, (None, None))
       f.write(f"{name} {shape} {dtype} {spec.spec}\n")
 
