@@ -27,6 +27,8 @@ from gpt_plugin.convert.hf_io import HFConversionError
 from gpt_plugin.network import GPTConfig
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>")
 
 
 def family_of_model(cfg: GPTConfig):
@@ -70,7 +72,18 @@ def export_hf(
     config = dict(base_config)
   config.update(family.config_to_hf(cfg))
   config["dtype"] = np.dtype(dtype).name
+  for key in TOKEN_ID_KEYS:  # absent keys would take transformers' family defaults (GPT-2: 50256), out of range here
+    config.setdefault(key, None)
   return config, tensors
+
+
+def tokenizer_eos_id(tokenizer_json: str):
+  """The id of the first of EOS_TOKENS among the special tokens of a tokenizer.json, else None."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  with open(tokenizer_json) as f:
+    added = {t.get("content"): t.get("id") for t in json.load(f).get("added_tokens", [])}
+  return next((added[t] for t in EOS_TOKENS if t in added), None)
 
 
 def _tokenizer_source(args, info: Optional[dict]) -> Optional[str]:
@@ -98,6 +111,7 @@ def _hf_source_info(args) -> Optional[dict]:
 
 
 def write_tokenizer(source: Optional[str], out_dir: str) -> str:
+  os.makedirs(out_dir, exist_ok=True)
   if not source:
     return "no tokenizer files (give --tokenizer=tokenizer.json or a directory)"
   if os.path.isfile(source):
@@ -123,6 +137,9 @@ def run_to_hf(args, config_fn) -> None:
   params_io.check_params_against(cfg, params, what=f"params of {where}", error=HFConversionError)
   config, tensors = export_hf(params, cfg, (info or {}).get("hf_config"), DTYPES[args.dtype])
   out_dir = os.path.abspath(args.out_dir)
-  hf_io.write_model_dir(out_dir, config, tensors)
   tok = write_tokenizer(_tokenizer_source(args, info), out_dir)
+  tok_file = os.path.join(out_dir, "tokenizer.json")
+  if config.get("eos_token_id") is None and os.path.isfile(tok_file):
+    config["eos_token_id"] = tokenizer_eos_id(tok_file)
+  hf_io.write_model_dir(out_dir, config, tensors)
   print(f"wrote {out_dir} ({config['architectures'][0]}, {len(tensors)} tensors, {args.dtype}; {tok}) from {where}")

@@ -113,6 +113,7 @@ def mismatch(cfg: GPTConfig) -> List[str]:
 
 
 def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
+  """transformers 5.24 annotates attn_config.attn_pdrop as int and rejects 0.0: integral values are written as ints."""
   return {
     "architectures": [ARCHITECTURE],
     "model_type": MODEL_TYPE,
@@ -133,7 +134,7 @@ def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
       "alibi_bias_max": 8,
       "clip_qkv": cfg.clip_qkv,
       "softmax_scale": None,
-      "attn_pdrop": cfg.attention_dropout,
+      "attn_pdrop": int(cfg.attention_dropout) if float(cfg.attention_dropout).is_integer() else cfg.attention_dropout,
       "prefix_lm": False,
       "qk_ln": False,
     },
