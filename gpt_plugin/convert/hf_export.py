@@ -14,6 +14,7 @@ have no counterpart there and are refused, naming the feature; so is a model mat
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from typing import Any, Dict, Optional, Tuple
@@ -77,13 +78,26 @@ def export_hf(
   return config, tensors
 
 
-def tokenizer_eos_id(tokenizer_json: str):
-  """The id of the first of EOS_TOKENS among the special tokens of a tokenizer.json, else None."""
-  import json  # pylint: disable=import-outside-toplevel
-
+def tokenizer_eos(tokenizer_json: str):
+  """(token, id) of the first of EOS_TOKENS among the special tokens of a tokenizer.json, else (None, None)."""
   with open(tokenizer_json) as f:
     added = {t.get("content"): t.get("id") for t in json.load(f).get("added_tokens", [])}
-  return next((added[t] for t in EOS_TOKENS if t in added), None)
+  return next(((t, added[t]) for t in EOS_TOKENS if t in added), (None, None))
+
+
+def complete_tokenizer(out_dir: str, config: dict) -> None:
+  """With a tokenizer.json: the config's eos_token_id when unset, and a minimal tokenizer_config.json when none
+  was copied (so that `AutoTokenizer.from_pretrained(out_dir)` loads it as a fast tokenizer)."""
+  tok_file = os.path.join(out_dir, "tokenizer.json")
+  if not os.path.isfile(tok_file):
+    return
+  eos_token, eos_id = tokenizer_eos(tok_file)
+  if config.get("eos_token_id") is None:
+    config["eos_token_id"] = eos_id
+  tok_config = os.path.join(out_dir, "tokenizer_config.json")
+  if not os.path.isfile(tok_config):
+    with open(tok_config, "w") as f:
+      json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token}, f, indent=2)
 
 
 def _tokenizer_source(args, info: Optional[dict]) -> Optional[str]:
@@ -101,7 +115,7 @@ def _hf_source_info(args) -> Optional[dict]:
   import gin  # pylint: disable=import-outside-toplevel
 
   try:
-    source = gin.query_parameter("HF_SOURCE")
+    source = gin.query_parameter("%HF_SOURCE")
   except ValueError:
     return None
   info = params_io.read_info(source) if isinstance(source, str) else None
@@ -138,8 +152,6 @@ def run_to_hf(args, config_fn) -> None:
   config, tensors = export_hf(params, cfg, (info or {}).get("hf_config"), DTYPES[args.dtype])
   out_dir = os.path.abspath(args.out_dir)
   tok = write_tokenizer(_tokenizer_source(args, info), out_dir)
-  tok_file = os.path.join(out_dir, "tokenizer.json")
-  if config.get("eos_token_id") is None and os.path.isfile(tok_file):
-    config["eos_token_id"] = tokenizer_eos_id(tok_file)
+  complete_tokenizer(out_dir, config)
   hf_io.write_model_dir(out_dir, config, tensors)
   print(f"wrote {out_dir} ({config['architectures'][0]}, {len(tensors)} tensors, {args.dtype}; {tok}) from {where}")
