@@ -8,6 +8,9 @@ torch run in the test (CPU, float32).
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -357,3 +360,50 @@ def test_tokenizer_round_trip_matches_transformers(imported):
   assert len(ids) > 20
   assert list(ours.encode(PARAGRAPH)) == ids
   assert ours.decode(ids) == theirs.decode(ids) == PARAGRAPH
+
+
+def test_bfloat16_safetensors_import(hf_models, tmp_path):
+  """bfloat16 checkpoints (numpy has no bfloat16: read through safetensors' flax view) import exactly."""
+  _, model = hf_models["mpt"]
+  bf16 = transformers.MptForCausalLM(model.config)
+  bf16.load_state_dict(model.state_dict())
+  bf16.to(torch.bfloat16).save_pretrained(tmp_path)
+  cfg, params, _, _ = hf_import.import_hf(str(tmp_path))
+  expected = bf16.transformer.blocks[1].attn.out_proj.weight.detach().float().numpy().T
+  np.testing.assert_array_equal(params["layers_1"]["attention"]["out"]["kernel"], expected)
+  assert cfg.clip_qkv == 0.4 and not cfg.use_bias
+
+
+def test_export_of_a_fine_tuned_model_dir_finds_its_source(imported, tmp_path):
+  """A checkpoint without convert_info.json (a training MODEL_DIR) exports with --gin_file=OUT_DIR/model.gin: the
+  model, the tokenizer and the original config.json's other keys come through the gin's HF_SOURCE."""
+  out_dir, _, params = imported["bloom"]
+  params_io.save_params(str(tmp_path / "model_dir"), params)  # no info, like gpt_plugin.train's checkpoints
+  gin_file = os.path.join(out_dir, "model.gin")
+  argv = ["to-hf", str(tmp_path / "model_dir"), str(tmp_path / "hf"), f"--gin_file={gin_file}"]
+  assert convert_main(argv) == 0
+  with open(tmp_path / "hf" / "config.json") as f:
+    config = json.load(f)
+  with open(os.path.join(out_dir, "convert_info.json")) as f:
+    original = json.load(f)["hf_config"]
+  assert config["architectures"] == ["BloomForCausalLM"]
+  assert config["transformers_version"] == original["transformers_version"]
+  assert os.path.isfile(tmp_path / "hf" / "tokenizer.json")
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+  assert tok.decode(tok.encode(PARAGRAPH, add_special_tokens=False)) == PARAGRAPH
+
+
+def test_package_imports_without_torch_transformers_or_safetensors():
+  code = textwrap.dedent("""
+      import importlib.abc, sys
+      class Block(importlib.abc.MetaPathFinder):
+          def find_spec(self, name, path, target=None):
+              if name.split(".")[0] in ("torch", "transformers", "safetensors"):
+                  raise ImportError("blocked " + name)
+      sys.meta_path.insert(0, Block())
+      import gpt_plugin.convert, gpt_plugin.convert.__main__
+      from gpt_plugin.convert import hf_export, hf_import, hf_io, hf_gpt2, hf_bloom, hf_mpt
+      print("ok")
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
