@@ -2,7 +2,8 @@
 
 Tiny randomly initialised models built from configs in this file (no hub, no download); every weight, LayerNorm
 scales included, is redrawn so that a mapping mistake cannot hide behind an init of ones or zeros. transformers and
-torch run in the test (CPU, float32).
+torch run in the test (CPU, float32); both are test dependencies (skipped with a reason without them), the package
+itself never imports them.
 """
 
 import dataclasses
@@ -16,16 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
-from transformers.models.bloom.modeling_bloom import build_alibi_tensor
-from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
 
-from gpt_plugin import generate, models, params_io
-from gpt_plugin.convert import hf_export, hf_import, hf_io
-from gpt_plugin.convert.__main__ import main as convert_main
-from gpt_plugin.layers.alibi import alibi_slopes
-from gpt_plugin.network import GPTConfig, GPTDecoder
+torch = pytest.importorskip("torch", reason="torch is not installed (test extra: pip install -e '.[torch]')")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (test extra)")
+from transformers.models.bloom.modeling_bloom import build_alibi_tensor  # noqa: E402
+from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor  # noqa: E402
+
+from gpt_plugin import generate, models, params_io  # noqa: E402
+from gpt_plugin.convert import hf_export, hf_import, hf_io  # noqa: E402
+from gpt_plugin.convert.__main__ import main as convert_main  # noqa: E402
+from gpt_plugin.layers.alibi import alibi_slopes  # noqa: E402
+from gpt_plugin.network import GPTConfig, GPTDecoder  # noqa: E402
 
 VOCAB = 300
 MPT_MAX_SEQ_LEN = 32

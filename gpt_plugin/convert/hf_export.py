@@ -104,7 +104,7 @@ def _tokenizer_source(args, info: Optional[dict]) -> Optional[str]:
   if args.tokenizer:
     return args.tokenizer
   if info and info.get("source_format") == "huggingface":
-    return info.get("tokenizer_dir") or info.get("out_dir")
+    return info.get("out_dir")  # the from-hf OUT_DIR holds the copied tokenizer files
   return None
 
 

@@ -160,8 +160,8 @@ def read_weights(hf_dir: str) -> Dict[str, np.ndarray]:
 
 
 def split_lm_head(tensors: Mapping[str, np.ndarray], source: str) -> Dict[str, np.ndarray]:
-  """Base-model tensors without the `transformer.` prefix. A stored `lm_head.weight` must equal the (tied) token
-  embedding, which is found by `embedding_name`; the caller checks that (see `check_tied_head`)."""
+  """Base-model tensors without the `transformer.` prefix, `lm_head.weight` left out (it must equal the tied token
+  embedding: see `check_tied_head`)."""
   has_prefix = any(k.startswith(BASE_PREFIX) for k in tensors)
   out = {}
   for k, v in tensors.items():
