@@ -92,7 +92,7 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   import gin
   import jax
   from gpt_plugin import network
-  from gpt_plugin.training import gin_flags
+  from gpt_plugin import gin_utils
 
   attn = args.attention_impl or ("cudnn" if jax.default_backend() == "gpu" else "xla")
   vocab = cfg.get("vocab", VOCAB)
@@ -110,7 +110,7 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   ]
   if attn != "xla":
     bindings.append("network.GPTConfig.attention_dropout_rate = 0.0")
-  gin_flags.parse_gin(
+  gin_utils.parse_gin(
     ["models/gpt_architecture.gin"] + list(args.gin_file), bindings + list(args.gin_bindings), finalize=False
   )
   try:
