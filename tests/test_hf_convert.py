@@ -337,12 +337,12 @@ def test_model_gin_builds_the_imported_model(imported):
   import gin
 
   from gpt_plugin.data.vocabularies import HFTokenizerVocabulary
-  from gpt_plugin.training import gin_flags
+  from gpt_plugin import gin_utils
 
   out_dir, cfg, _ = imported["mpt"]
   gin.clear_config()
   try:
-    gin_flags.parse_gin([os.path.join(out_dir, "model.gin")], [], finalize=False)
+    gin_utils.parse_gin([os.path.join(out_dir, "model.gin")], [], finalize=False)
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
     assert dataclasses.replace(model.module.config, dtype="float32") == cfg  # dtype: the run's ACTIVATION_DTYPE
     assert isinstance(model.vocabulary, HFTokenizerVocabulary)
