@@ -61,7 +61,14 @@ class GPTConfig:
     head_qk_dim: q/k width of the head-QK trick (256).
     gelu_approximate: tanh-approximate GELU (True, default) or exact erf GELU.
     layer_norm_epsilon: 1e-6 (Flax default) or 1e-5 (PyTorch-trained weights).
-    embedding_layer_norm: LayerNorm right after the token embedding (Little-GPT 1B* StableEmbedding).
+    embedding_layer_norm: LayerNorm right after the token embedding (Little-GPT 1B* StableEmbedding; BLOOM's
+      `word_embeddings_layernorm`).
+    use_bias: biases in every projection (q/k/v, attention output, MLP) and LayerNorm. False: none at all (MPT).
+    alibi_max_bias: ALiBi slope range B: with n heads (a power of two) the slopes are 2^(-B*i/n), i = 1..n
+      (8 in the ALiBi paper, BLOOM and MPT's default; MPT's `attn_config.alibi_bias_max`). Non-powers of two
+      take the same interleaving rule as with 8 (see `layers.alibi.alibi_slopes`).
+    clip_qkv: clamp the fused q/k/v projection outputs to [-clip_qkv, clip_qkv] (MPT's `attn_config.clip_qkv`);
+      None: no clamping.
     init_std: N(0, init_std) init of embeddings and projections; residual projections get
       init_std / sqrt(2 * num_layers).
     dtype: compute dtype, 'float32' | 'bfloat16' | 'float16'. Softmax and loss always run in float32.
@@ -89,6 +96,9 @@ class GPTConfig:
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   embedding_layer_norm: bool = False
+  use_bias: bool = True
+  alibi_max_bias: float = 8.0
+  clip_qkv: Optional[float] = None
   init_std: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -134,6 +144,12 @@ class GPTConfig:
         f"attention_impl={self.attention_impl!r} has no attention-probability dropout; set "
         f"attention_dropout_rate=0.0 (dropout_rate={self.dropout_rate} still applies to residuals)"
       )
+    if not (math.isfinite(self.alibi_max_bias) and self.alibi_max_bias > 0):
+      fail(f"alibi_max_bias={self.alibi_max_bias} must be a positive number")
+    if self.alibi_max_bias != 8.0 and self.position_embedding != "alibi":
+      fail(f"alibi_max_bias={self.alibi_max_bias} only applies with position_embedding='alibi'")
+    if self.clip_qkv is not None and not (math.isfinite(self.clip_qkv) and self.clip_qkv > 0):
+      fail(f"clip_qkv={self.clip_qkv} must be a positive number or None")
     if self.position_embedding == "learned" and self.max_position_embeddings < 1:
       fail(f"max_position_embeddings={self.max_position_embeddings} must be positive")
 
@@ -268,7 +284,7 @@ class GPTDecoder(nn.Module):
         cfg.max_position_embeddings, cfg.emb_dim, cfg.init_std, dtype, param_dtype, name="position_embedder"
       )(positions, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths, seq_len=seq)
     if cfg.embedding_layer_norm:
-      x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name="embedding_norm")(x)
+      x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, cfg.use_bias, name="embedding_norm")(x)
 
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     block_args = (segment_ids, prefill_lengths, enable_dropout, decode, prefill)
@@ -287,7 +303,7 @@ class GPTDecoder(nn.Module):
       for i in range(cfg.num_layers):
         x = block_cls(cfg, name=f"layers_{i}")(x, *block_args)
 
-    x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name="final_norm")(x)
+    x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, cfg.use_bias, name="final_norm")(x)
     logits = nn.with_logical_constraint(embedder.attend(x), ("batch", "length", "vocab"))
     if cfg.head_qk_trick:
       logits = HeadQK(cfg.head_qk_dim, dtype, param_dtype, name="head_qk")(

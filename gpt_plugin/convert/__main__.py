@@ -4,6 +4,8 @@ r"""`python -m gpt_plugin.convert <command> ...`: weights in and out.
   to-torch      params (OUT dir, MODEL_DIR checkpoint, .msgpack) -> Little-GPT state dict `.pth.tar`
   expand-depth  params of an N-layer model -> params of an M-layer model (Gopher warm start)
   average       mean params of the last k checkpoints of a MODEL_DIR -> OUT/params
+  from-hf       Hugging Face GPT-2 / BLOOM / MPT directory -> OUT/params + OUT/model.gin (+ tokenizer)
+  to-hf         params -> a directory transformers' from_pretrained loads (GPT-2 / BLOOM / MPT)
 
 The model comes from gin like the runners (`--gin_file=models/littlegpt_127m.gin`, `--gin_bindings`,
 `--gin.NAME=VALUE`); from-torch can also infer it from the checkpoint, and the other commands read it from
@@ -182,6 +184,18 @@ def cmd_average(args) -> None:
   print(f"wrote {args.output}/params: mean of steps {steps} of {args.model_dir}", flush=True)
 
 
+def cmd_from_hf(args) -> None:
+  from gpt_plugin.convert import hf_import  # pylint: disable=import-outside-toplevel
+
+  hf_import.run_from_hf(args)
+
+
+def cmd_to_hf(args) -> None:
+  from gpt_plugin.convert import hf_export  # pylint: disable=import-outside-toplevel
+
+  hf_export.run_to_hf(args, _config)
+
+
 def _add_gin(p, scan=True):
   p.add_argument("--gin_file", action="append", default=[], help="model gin file(s), e.g. models/littlegpt_127m.gin")
   p.add_argument("--gin_bindings", action="append", default=[], help="gin binding(s) applied after the files")
@@ -269,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--msgpack", action="store_true")
   _add_gin(p, scan=False)
   p.set_defaults(fn=cmd_average)
+
+  p = sub.add_parser("from-hf", help="Hugging Face GPT-2 / BLOOM / MPT directory -> params + model.gin")
+  p.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin (or shards)")
+  p.add_argument("out_dir", help="output directory (OUT/params, OUT/model.gin, OUT/convert_info.json, tokenizer)")
+  p.add_argument("--scan_layers", action="store_true", help="write the stacked `layers/` layout (nn.scan models)")
+  p.add_argument("--msgpack", action="store_true", help="also write OUT/params.msgpack")
+  p.set_defaults(fn=cmd_from_hf)
+
+  p = sub.add_parser("to-hf", help="params -> Hugging Face directory (GPT2LMHeadModel / BloomForCausalLM / MPT)")
+  p.add_argument("checkpoint", help="from-hf OUT dir, MODEL_DIR, checkpoint or .msgpack")
+  p.add_argument("out_dir", help="directory to write (config.json, model.safetensors, tokenizer files)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step of a MODEL_DIR (default: latest)")
+  p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+  p.add_argument(
+    "--tokenizer", default=None, help="tokenizer.json or a directory with tokenizer files (default: the imported one)"
+  )
+  _add_gin(p, scan=False)
+  p.set_defaults(fn=cmd_to_hf)
   return parser
 
 

@@ -6,25 +6,25 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def alibi_slopes(num_heads: int) -> np.ndarray:
+def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> np.ndarray:
   """Slopes m_h for `num_heads` heads, including the non-power-of-two rule.
 
-  For n a power of two the slopes are the geometric sequence starting at 2^(-8/n) with the same ratio.
-  Otherwise, with c = 2^floor(log2 n): the c slopes of the power-of-two rule, followed by every other slope
-  of the 2c rule (the even-indexed ones), the first n - c of them.
+  For n a power of two the slopes are the geometric sequence starting at 2^(-max_bias/n) with the same ratio
+  (max_bias = 8 in the paper; MPT's `alibi_bias_max`). Otherwise, with c = 2^floor(log2 n): the c slopes of the
+  power-of-two rule, followed by every other slope of the 2c rule (the even-indexed ones), the first n - c of them.
   """
   if num_heads < 1:
     raise ValueError(f"alibi_slopes: num_heads must be >= 1, got {num_heads}")
 
   def power_of_two(n):
-    start = 2.0 ** (-8.0 / n)
+    start = 2.0 ** (-max_bias / n)
     return [start ** (i + 1) for i in range(n)]
 
   if math.log2(num_heads).is_integer():
     slopes = power_of_two(num_heads)
   else:
     closest = 2 ** math.floor(math.log2(num_heads))
-    slopes = power_of_two(closest) + list(alibi_slopes(2 * closest)[0::2][: num_heads - closest])
+    slopes = power_of_two(closest) + list(alibi_slopes(2 * closest, max_bias)[0::2][: num_heads - closest])
   return np.asarray(slopes, dtype=np.float32)
 
 

@@ -84,12 +84,15 @@ def flash_attention(q, k, v, *, slopes, segment_ids):
 
 
 class FusedQKV(nn.Module):
-  """One matmul for q, k and v: kernel (d_in, 3, heads*head_dim) with axes (embed, stack, joined_kv)."""
+  """One matmul for q, k and v: kernel (d_in, 3, heads*head_dim) with axes (embed, stack, joined_kv), bias (3,
+  heads*head_dim) unless use_bias=False; outputs clamped to [-clip, clip] when `clip` is set (MPT's clip_qkv)."""
 
   inner_dim: int
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  clip: Optional[float] = None
 
   @nn.compact
   def __call__(self, x):
@@ -100,11 +103,15 @@ class FusedQKV(nn.Module):
       self.param_dtype,
       axes=("embed", "stack", "joined_kv"),
     )
-    bias = nn_partitioning.param_with_axes(
-      "bias", nn.initializers.zeros, (3, self.inner_dim), self.param_dtype, axes=("stack", "joined_kv")
-    )
     y = jnp.einsum("btd,dzf->btzf", x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    if self.use_bias:
+      bias = nn_partitioning.param_with_axes(
+        "bias", nn.initializers.zeros, (3, self.inner_dim), self.param_dtype, axes=("stack", "joined_kv")
+      )
+      y = y + bias.astype(self.dtype)
+    if self.clip is not None:
+      y = jnp.clip(y, -self.clip, self.clip)
+    return y
 
 
 def _write_rows(cache, new, rows):
@@ -127,6 +134,9 @@ class CausalSelfAttention(nn.Module):
   out_init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  alibi_max_bias: float = 8.0
+  clip_qkv: Optional[float] = None
 
   @nn.compact
   def __call__(
@@ -143,10 +153,10 @@ class CausalSelfAttention(nn.Module):
       raise ValueError(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     batch, seq, _ = x.shape
     inner = self.num_heads * self.head_dim
-    qkv = FusedQKV(inner, self.init_std, self.dtype, self.param_dtype, name="qkv")(x)
+    qkv = FusedQKV(inner, self.init_std, self.dtype, self.param_dtype, self.use_bias, self.clip_qkv, name="qkv")(x)
     qkv = qkv.reshape(batch, seq, 3, self.num_heads, self.head_dim)
     q, k, v = (nn.with_logical_constraint(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
-    slopes = alibi_slopes(self.num_heads) if self.use_alibi else None
+    slopes = alibi_slopes(self.num_heads, self.alibi_max_bias) if self.use_alibi else None
 
     attn_rng = None
     if enable_dropout and self.attention_dropout_rate > 0.0:
@@ -163,6 +173,7 @@ class CausalSelfAttention(nn.Module):
       self.out_features,
       ("joined_kv", "embed"),
       nn.initializers.normal(self.out_init_std),
+      use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="out",

@@ -25,7 +25,7 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     dtype, param_dtype = cfg.compute_dtype, cfg.parameter_dtype
     flags = dict(decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)
-    norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, name=name)
+    norm = lambda name: LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, cfg.use_bias, name=name)
     mix_width = cfg.emb_dim // 2 if cfg.use_static_sgu else cfg.emb_dim
     attention = CausalSelfAttention(
       num_heads=cfg.num_heads,
@@ -39,6 +39,9 @@ class DecoderBlock(nn.Module):
       out_init_std=cfg.residual_init_std,
       dtype=dtype,
       param_dtype=param_dtype,
+      use_bias=cfg.use_bias,
+      alibi_max_bias=cfg.alibi_max_bias,
+      clip_qkv=cfg.clip_qkv,
       name="attention",
     )
     mlp = MLP(
@@ -50,6 +53,7 @@ class DecoderBlock(nn.Module):
       cfg.dropout_rate,
       dtype,
       param_dtype,
+      cfg.use_bias,
       name="mlp",
     )
 

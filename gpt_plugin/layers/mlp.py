@@ -20,6 +20,7 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x, *, enable_dropout: bool = False):
@@ -27,6 +28,7 @@ class MLP(nn.Module):
       self.mlp_dim,
       ("embed", "mlp"),
       nn.initializers.normal(self.init_std),
+      use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="wi",
@@ -36,6 +38,7 @@ class MLP(nn.Module):
       self.out_dim,
       ("mlp", "embed"),
       nn.initializers.normal(self.out_init_std),
+      use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="wo",

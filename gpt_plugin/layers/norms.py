@@ -8,11 +8,13 @@ from flax.linen import partitioning as nn_partitioning
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm with learnable scale (init 1) and bias (init 0); epsilon configurable (1e-6 Flax, 1e-5 PyTorch)."""
+  """LayerNorm with learnable scale (init 1) and bias (init 0; none with use_bias=False, as in MPT); epsilon
+  configurable (1e-6 Flax, 1e-5 PyTorch)."""
 
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -20,12 +22,14 @@ class LayerNorm(nn.Module):
     scale = nn_partitioning.param_with_axes(
       "scale", nn.initializers.ones, (features,), self.param_dtype, axes=("embed",)
     )
-    bias = nn_partitioning.param_with_axes(
-      "bias", nn.initializers.zeros, (features,), self.param_dtype, axes=("embed",)
-    )
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    y = y * scale.astype(jnp.float32)
+    if self.use_bias:
+      bias = nn_partitioning.param_with_axes(
+        "bias", nn.initializers.zeros, (features,), self.param_dtype, axes=("embed",)
+      )
+      y = y + bias.astype(jnp.float32)
     return y.astype(self.dtype)
