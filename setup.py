@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
   "webdataset>=1.0.2",
   "braceexpand",
   "tokenizers>=0.20",
+  "safetensors",  # Hugging Face weights (python -m gpt_plugin.convert from-hf / to-hf), imported only there
   "sentencepiece==0.2.0",
   "numpy",
   "absl-py",
@@ -29,7 +30,7 @@ INSTALL_REQUIRES = [
 # bitsandbytes (its CPU dequantizer is the reference for 8-bit checkpoints) and apache-beam (seqio's cache job). apache-beam 2.77 pins protobuf < 7 (tensorflow 2.21 works with protobuf 6),
 # which is why sentencepiece stays at 0.2.0.
 CACHE_REQUIRES = ["apache-beam==2.77.0", "google-crc32c", "sentencepiece==0.2.0"]
-TORCH_REQUIRES = ["torch==2.13.0", "transformers", "bitsandbytes==0.50.2"]
+TORCH_REQUIRES = ["torch==2.13.0", "transformers>=5.24", "bitsandbytes==0.50.2"]
 EXTRAS_REQUIRE = {
   "test": ["pytest>=8", "pytest-xdist"] + TORCH_REQUIRES + CACHE_REQUIRES,
   # seqio's cache job runs on Apache Beam (see README, "seqio caching").

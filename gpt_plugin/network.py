@@ -182,14 +182,16 @@ class GPTConfig:
     """Exact parameter count of the module this config builds."""
     d, layers = self.emb_dim, self.num_layers
     attn_width = d // 2 if self.use_static_sgu else d
-    per_layer = (attn_width * 3 * attn_width + 3 * attn_width) + (attn_width * attn_width + attn_width)
-    per_layer += d * self.mlp_width + self.mlp_width + self.mlp_width * d + d
-    per_layer += 2 * d * (2 if self.block_type == "sequential" else 1)
-    total = self.vocab_size * d + layers * per_layer + 2 * d
+    norm = 2 * d if self.use_bias else d  # LayerNorm scale (+ bias)
+    per_layer = attn_width * 3 * attn_width + attn_width * attn_width + 2 * d * self.mlp_width
+    if self.use_bias:  # q/k/v, attention out, MLP in, MLP out
+      per_layer += 3 * attn_width + attn_width + self.mlp_width + d
+    per_layer += norm * (2 if self.block_type == "sequential" else 1)
+    total = self.vocab_size * d + layers * per_layer + norm
     if self.position_embedding == "learned":
       total += self.max_position_embeddings * d
     if self.embedding_layer_norm:
-      total += 2 * d
+      total += norm
     if self.head_qk_trick:
       total += 2 * d * self.head_qk_dim
     return total

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from gpt_plugin import network
+from gpt_plugin import params_io
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
@@ -68,3 +69,22 @@ def test_feature_files_switch_the_option_on_and_off():
 def test_misspelled_binding_is_named():
   with pytest.raises(ValueError, match="emb_dimm"):
     load("models/qa.gin", bindings=["network.GPTConfig.emb_dimm = 3"])
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("block_type", ["parallel", "sequential"])
+@pytest.mark.parametrize("use_static_sgu", [False, True])
+def test_num_params_is_exact_for_every_bias_block_and_sgu_choice(use_bias, block_type, use_static_sgu):
+  config = network.GPTConfig(
+    vocab_size=64,
+    emb_dim=32,
+    num_heads=4,
+    num_layers=2,
+    mlp_dim=64,
+    use_bias=use_bias,
+    block_type=block_type,
+    use_static_sgu=use_static_sgu,
+    embedding_layer_norm=True,
+  )
+  shapes = params_io.abstract_params(config)
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == config.num_params()
