@@ -31,6 +31,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gpt_plugin.data import checks as checks_lib
+from gpt_plugin.data import shards as shards_lib
 from gpt_plugin.data import stream as stream_lib
 from gpt_plugin.data import tasks_lib
 
@@ -46,7 +48,7 @@ class DataIterator:
   ``get_state()`` returns a JSON-serialisable dict; pass it as ``state=`` to
   :func:`get_dataset` to continue with exactly the next batch.  ``stats()``
   returns counters (``skipped_samples``, ``corrupt_shards``, ``samples``,
-  ``tokens``, ``batches``).
+  ``tokens``, ``batches``); :func:`data_metrics` turns them into metrics.
   """
 
   def __init__(
@@ -67,12 +69,14 @@ class DataIterator:
     state: Optional[dict] = None,
     segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
     fast_path: bool = True,
+    checks: Optional[checks_lib.DataChecks] = None,
   ):
     if batch_size < 1:
       raise ValueError("batch_size must be >= 1")
+    self.feature_lengths = checks_lib.check_feature_lengths(task_feature_lengths)
+    self.checks = checks if checks is not None else checks_lib.DataChecks()
     self.name = mixture_or_task_name
     self.provider = seqio.get_mixture_or_task(mixture_or_task_name)
-    self.feature_lengths = dict(task_feature_lengths)
     self.split = split
     self.batch_size = int(batch_size)
     self.shuffle = shuffle
@@ -105,7 +109,11 @@ class DataIterator:
         process_index=self.process_index,
         process_count=self.process_count,
         num_epochs=num_epochs,
+        checks=self.checks,
+        check_range=not self.fast_path,  # the fast path checks ids a batch at a time (_check_batch_ids)
       )
+      vocab_size = int(self.source.vocabulary.vocab_size) if self.source.check_vocab_size else None
+      self._id_limits = (vocab_size, self.checks.embedding_rows)
       cursor = dict(state["segment_start"]) if state is not None else None
       skip_rows = int(state["rows_done"]) if state is not None else 0
       self._finished = bool(state.get("finished")) if state is not None else False
@@ -264,15 +272,7 @@ class DataIterator:
 
     if not self.pack:
       for ex in examples():
-        tgt = np.zeros(L, np.int32)
-        tgt[: ex.size] = ex
-        inp = np.zeros(L, np.int32)
-        inp[1:] = tgt[:-1]
-        yield {
-          "decoder_target_tokens": tgt,
-          "decoder_input_tokens": inp,
-          "decoder_loss_weights": (tgt != 0).astype(np.int32),
-        }
+        yield _unpacked_row(ex, L)
       return
     # seqio.utils.trim_and_pack_dataset (tf ops): groups of L consecutive examples,
     # greedy sequential packing, example length = number of non-zero ids.
@@ -338,51 +338,128 @@ class DataIterator:
         raise
       self._batches += 1
       return batch
-    rows = []
+    rows, first_pos = [], None
     while len(rows) < self.batch_size:
       self._fill_peek()
       if self._peek is None:
         raise StopIteration  # drop_remainder
+      first_pos = first_pos or self._peek_pos
       rows.append(self._peek)
       self._peek = None
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    if self.fast_path:
+      self._check_batch_ids(batch["decoder_target_tokens"], first_pos[0])
     self._batches += 1
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return batch
+
+  def _check_batch_ids(self, tokens: np.ndarray, segment_start: dict) -> None:
+    """One vectorised range check per batch (the fast path decodes without per-sample checks). On a hit, re-reads
+    the batch's segment with per-sample checks to name the shard, the member and the id."""
+    vocab_size, embedding_rows = self._id_limits
+    limits = [n for n in (vocab_size, embedding_rows) if n is not None]
+    if int(tokens.min()) >= 0 and (not limits or int(tokens.max()) < min(limits)):
+      return
+    spec = self.source.stream_spec(
+      self.split,
+      shuffle=self.shuffle,
+      seed=self.seed,
+      process_index=self.process_index,
+      process_count=self.process_count,
+      num_epochs=self.num_epochs,
+      checks=self.checks,
+      check_range=True,
+    )
+    spec.bad_samples = "error"
+    for _ in itertools.islice(stream_lib.SampleStream(spec, cursor=segment_start), 2 * self.segment_samples):
+      pass  # raises the sample's DataError
+    bad = int(tokens.max()) if int(tokens.min()) >= 0 else int(tokens.min())
+    raise shards_lib.DataError(f"token id {bad} out of range in a batch read from {spec.shards[0]!r} onwards")
+
+
+_FULL_ROW_CONSTANTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _shifted_right(tgt: np.ndarray) -> np.ndarray:
+  inp = np.empty_like(tgt, dtype=np.int32)
+  inp[0] = 0
+  inp[1:] = tgt[:-1]
+  return inp
+
+
+def _unpacked_row(ex: np.ndarray, L: int) -> dict:
+  """DecoderFeatureConverter(pack=False) for one example of at most L ids."""
+  if ex.size == L:
+    tgt = ex
+  else:
+    tgt = np.zeros(L, np.int32)
+    tgt[: ex.size] = ex
+  return {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": _shifted_right(tgt),
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
+  }
+
+
+def _full_row(ex: np.ndarray, L: int) -> dict:
+  """A packed row holding one example of exactly L non-zero ids: no packing arithmetic (shared constant
+  segment ids, weights and positions; rows are only ever read, np.stack copies them into the batch)."""
+  if L not in _FULL_ROW_CONSTANTS:
+    _FULL_ROW_CONSTANTS[L] = (np.ones(L, np.int32), np.arange(L, dtype=np.int32))
+  ones, positions = _FULL_ROW_CONSTANTS[L]
+  return {
+    "decoder_target_tokens": ex,
+    "decoder_input_tokens": _shifted_right(ex),
+    "decoder_loss_weights": ones,
+    "decoder_segment_ids": ones,
+    "decoder_positions": positions,
+  }
+
+
+def _packed_row(parts: list, L: int) -> dict:
+  nonempty = [p for p in parts if p.size]
+  if len(nonempty) == 1 and nonempty[0].size == L:
+    return _full_row(nonempty[0], L)
+  tgt = np.zeros(L, np.int32)
+  pos = np.zeros(L, np.int32)
+  if nonempty:
+    flat = np.concatenate(nonempty)
+    tgt[: flat.size] = flat
+    pos[: flat.size] = np.concatenate([np.arange(p.size, dtype=np.int32) for p in nonempty])
+  seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
+  inp = _shifted_right(tgt)
+  prev_seg = np.zeros(L, seg.dtype)
+  prev_seg[1:] = seg[:-1]
+  inp *= seg == prev_seg
+  return {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": inp,
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
+    "decoder_segment_ids": seg.astype(np.int32),
+    "decoder_positions": pos,
+  }
 
 
 def _pack_group(group, L: int) -> Iterator[dict]:
-  """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter``."""
-  rows = []
-  cur, cur_pos, cur_len = [], [], 0
+  """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter`` (greedy, in order; an example's
+  length is its number of non-zero ids; the last row is written even when empty)."""
+  cur, cur_len = [], 0
   for ex in group:
     n = int(np.count_nonzero(ex))
-    one = ex[:n]
     if cur_len + n > L:
-      rows.append((cur, cur_pos))
-      cur, cur_pos, cur_len = [], [], 0
-    cur.append(one)
-    cur_pos.append(np.arange(n, dtype=np.int32))
+      yield _packed_row(cur, L)
+      cur, cur_len = [], 0
+    cur.append(ex[:n])
     cur_len += n
-  rows.append((cur, cur_pos))  # seqio writes the last partial unconditionally
-  for parts, pos_parts in rows:
-    tgt = np.zeros(L, np.int32)
-    pos = np.zeros(L, np.int32)
-    if parts:
-      flat = np.concatenate(parts)
-      tgt[: flat.size] = flat
-      pos[: flat.size] = np.concatenate(pos_parts)
-    seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
-    inp = np.zeros(L, np.int32)
-    inp[1:] = tgt[:-1]
-    prev_seg = np.zeros(L, seg.dtype)
-    prev_seg[1:] = seg[:-1]
-    inp *= seg == prev_seg
-    yield {
-      "decoder_target_tokens": tgt,
-      "decoder_input_tokens": inp,
-      "decoder_loss_weights": (tgt != 0).astype(np.int32),
-      "decoder_segment_ids": seg.astype(np.int32),
-      "decoder_positions": pos,
-    }
+  yield _packed_row(cur, L)
+
+
+def data_metrics(iterator) -> dict[str, int]:
+  """``{'data/skipped_samples': n}`` for an iterator from :func:`get_dataset` (``{}`` for other iterators):
+  the samples skipped so far (bad-sample policy ``'skip'``, corrupt shards and members), for the trainer's logs."""
+  stats = getattr(iterator, "stats", None)
+  if not callable(stats):
+    return {}
+  return {"data/skipped_samples": int(stats().get("skipped_samples", 0))}
 
 
 def get_dataset(
@@ -403,13 +480,15 @@ def get_dataset(
   cache_dir: Optional[str] = None,
   segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
   fast_path: bool = True,
+  checks: Optional[checks_lib.DataChecks] = None,
 ) -> DataIterator:
   """Per-process batches of ``mixture_or_task_name`` for training / evaluation.
 
   ``batch_size`` is the per-process batch; the last partial batch is dropped.
   Process ``p`` of ``process_count`` reads shards ``p, p+P, ...``.  ``state`` (from
   ``DataIterator.get_state()``) resumes at exactly the next batch.  ``cache_dir``
-  adds a seqio cache directory (for ``use_cached=True``).
+  adds a seqio cache directory (for ``use_cached=True``).  ``checks`` (default ``DataChecks()``, i.e. gin's
+  bindings) sets the embedding-size check and the bad-sample policy.
   """
   if cache_dir:
     seqio.add_global_cache_dirs([cache_dir])
@@ -429,4 +508,5 @@ def get_dataset(
     state=state,
     segment_samples=segment_samples,
     fast_path=fast_path,
+    checks=checks,
   )

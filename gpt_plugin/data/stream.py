@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from gpt_plugin.data import checks as checks_lib
 from gpt_plugin.data import shards as shards_lib
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class StreamSpec:
   window: int = 1024
   num_epochs: Optional[int] = 1  # None: forever
   strict: bool = False
+  # 'error': any bad sample raises; 'skip': skipped, logged and counted up to max_skipped_fraction; None: corrupt
+  # shards and unreadable members are skipped with a warning (raise if strict), other faults raise.
+  bad_samples: Optional[str] = None
+  max_skipped_fraction: float = 0.01
+  expected_samples: Optional[dict] = None  # {url: sample count} from the builder's index
 
 
 class SampleStream:
@@ -66,6 +72,8 @@ class SampleStream:
       if not isinstance(self.cursor.get(k), int):
         raise ValueError(f"bad stream cursor {cursor!r}")
     self.stats = stats if stats is not None else {}
+    self._read = 0  # samples handed to decode
+    self._decode_skipped = 0  # of which skipped (the rest of stats['skipped_samples'] was lost in broken shards)
     for k in ("samples", "tokens", "skipped_samples", "corrupt_shards"):
       self.stats.setdefault(k, 0)
     self._it = self._run()
@@ -92,22 +100,52 @@ class SampleStream:
   def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object]]:
     """Yields (shard_pos, index_in_shard, ids-or-None-if-bad) from (shard_pos, skip) to epoch end."""
     spec = self.spec
+    expected = spec.expected_samples or {}
     for pos in range(shard_pos, len(order)):
       url = spec.shards[order[pos]]
+      skipped_before = self.stats["skipped_samples"]
       for idx, key, members in shards_lib.iter_tar_samples(
-        url, skip=skip if pos == shard_pos else 0, strict=spec.strict, stats=self.stats
+        url,
+        skip=skip if pos == shard_pos else 0,
+        strict=spec.strict or spec.bad_samples == "error",
+        stats=self.stats,
+        expected_samples=expected.get(url),
       ):
         if members is None:
           continue
+        self._read += 1
         try:
           ids = spec.decode(members, url, key)
-        except shards_lib.CorruptSampleError as e:
-          if spec.strict:
-            raise
-          log.warning("skipping sample: %s", e)
-          self.stats["skipped_samples"] += 1
-          ids = None
+        except shards_lib.DataError as e:
+          ids = self._bad_sample(e)
         yield pos, idx, ids
+      if self.stats["skipped_samples"] != skipped_before:  # the shard ended early: counted by iter_tar_samples
+        self._check_skip_cap(f"shard {url!r} ended early")
+
+  def _bad_sample(self, error: "shards_lib.DataError") -> None:
+    """Applies the bad-sample policy to one sample that did not decode: raises, or counts and logs it."""
+    spec = self.spec
+    lenient_skip = spec.bad_samples is None and isinstance(error, shards_lib.CorruptSampleError) and not spec.strict
+    if spec.bad_samples != "skip" and not lenient_skip:
+      raise error
+    self.stats["skipped_samples"] += 1
+    self._decode_skipped += 1
+    log.warning("skipping bad sample (%d skipped so far): %s", self.stats["skipped_samples"], error)
+    if spec.bad_samples == "skip":
+      self._check_skip_cap(str(error))
+
+  def _check_skip_cap(self, last: str) -> None:
+    spec = self.spec
+    if spec.bad_samples != "skip":
+      return
+    skipped = self.stats["skipped_samples"]
+    seen = self._read + skipped - self._decode_skipped
+    if skipped > checks_lib.skip_limit(seen, spec.max_skipped_fraction):
+      raise shards_lib.DataError(
+        f"bad_samples='skip': {skipped} of the {seen} samples read so far were skipped, more than "
+        f"max_skipped_fraction={spec.max_skipped_fraction} allows; last: {last}. Fix or drop the shards named "
+        "in the warnings above, or raise DataChecks.max_skipped_fraction"
+      )
 
   def _run(self) -> Iterator[np.ndarray]:
     spec, c = self.spec, self.cursor
