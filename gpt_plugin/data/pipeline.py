@@ -219,7 +219,7 @@ class DataIterator:
     while True:
       start = dict(self._stream.cursor)
       counter = [0]
-      samples = self._counted(itertools.islice(self._stream, self.segment_samples), counter)
+      samples = self._counted(itertools.islice(self._stream.samples(), self.segment_samples), counter)
       row_index = skip_rows
       if self.fast_path:
         rows = itertools.islice(self._numpy_rows(samples), skip_rows, None)

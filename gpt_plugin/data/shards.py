@@ -223,11 +223,10 @@ def expand_shard_patterns(patterns: Union[str, Sequence[str]], *, check_exists: 
 
 def _split_key(name: str) -> tuple[str, str]:
   """webdataset's key/extension split: extension starts at the first dot of the basename."""
-  d, base = posixpath.split(name)
-  if "." not in base:
+  dot = name.find(".", name.rfind("/") + 1)
+  if dot < 0:
     return name, ""
-  stem, ext = base.split(".", 1)
-  return (posixpath.join(d, stem) if d else stem), ext
+  return name[:dot], name[dot + 1 :]
 
 
 _CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
@@ -339,9 +338,21 @@ def iter_tar_samples(
     stats["skipped_samples"] = stats.get("skipped_samples", 0) + lost
 
 
+_PICKED: dict[tuple, tuple[str, str]] = {}  # (format, member extensions) -> (format, extension)
+
+
 def _pick_member(members: dict, fmt: str) -> tuple[str, str]:
-  """Returns (format, extension) of the token payload of a sample."""
-  exts = list(members)
+  """Returns (format, extension) of the token payload of a sample (memoised per set of extensions)."""
+  cache_key = (fmt, *members)
+  picked = _PICKED.get(cache_key)
+  if picked is None:
+    picked = _pick_member_uncached(list(members), fmt)
+    if len(_PICKED) < 1024:
+      _PICKED[cache_key] = picked
+  return picked
+
+
+def _pick_member_uncached(exts: list, fmt: str) -> tuple[str, str]:
   order = TOKEN_FORMATS if fmt == "auto" else (fmt,)
   for f in order:
     for ext in exts:
@@ -396,7 +407,8 @@ def read_npy(data: bytes) -> np.ndarray:
     count *= n
   if len(data) - offset != count * dtype.itemsize:
     raise ValueError(f"{len(data) - offset} data bytes for shape {shape} of {dtype} ({count * dtype.itemsize})")
-  return np.frombuffer(data, dtype, count, offset).reshape(shape)
+  arr = np.frombuffer(data, dtype, count, offset)
+  return arr if len(shape) == 1 else arr.reshape(shape)
 
 
 def _read_payload(f: str, ext: str, data, where: str, tokenize, eos_id, append_eos_to_text) -> np.ndarray:

@@ -67,10 +67,11 @@ class SampleStream:
 
   def __init__(self, spec: StreamSpec, cursor: Optional[dict] = None, stats: Optional[dict] = None):
     self.spec = spec
-    self.cursor = dict(cursor or START)
+    given = dict(cursor or START)
     for k in START:
-      if not isinstance(self.cursor.get(k), int):
+      if not isinstance(given.get(k), int):
         raise ValueError(f"bad stream cursor {cursor!r}")
+    self._pos = tuple(given[k] for k in START)  # (epoch, shard, sample, emitted); a tuple: set once per sample
     self.stats = stats if stats is not None else {}
     self._read = 0  # samples handed to decode
     self._decode_skipped = 0  # of which skipped (the rest of stats['skipped_samples'] was lost in broken shards)
@@ -78,11 +79,19 @@ class SampleStream:
       self.stats.setdefault(k, 0)
     self._it = self._run()
 
+  @property
+  def cursor(self) -> dict:
+    return dict(zip(START, self._pos))
+
   def __iter__(self):
     return self
 
   def __next__(self) -> np.ndarray:
     return next(self._it)
+
+  def samples(self) -> Iterator[np.ndarray]:
+    """The underlying generator (the same items as iterating the stream, one call less per sample)."""
+    return self._it
 
   # -- order ------------------------------------------------------------------
   def _order(self, epoch: int) -> list[int]:
@@ -174,16 +183,13 @@ class SampleStream:
         if pending is None and len(window) == w:
           pending = next(raw, None)
         if pending is not None:
-          nxt = {"epoch": epoch, "shard": pending[0], "sample": pending[1], "emitted": 0}
+          nxt = (epoch, pending[0], pending[1], 0)
         else:
-          nxt = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+          nxt = (epoch + 1, 0, 0, 0)
         perm = self._perm(len(window), epoch, start_pos, start_sample)
         for j in range(emitted, len(perm)):
           ids = window[perm[j]]
-          if j + 1 == len(perm):
-            self.cursor = nxt
-          else:
-            self.cursor = {"epoch": epoch, "shard": start_pos, "sample": start_sample, "emitted": j + 1}
+          self._pos = nxt if j + 1 == len(perm) else (epoch, start_pos, start_sample, j + 1)
           if ids is None:
             continue
           produced_in_epoch += 1
@@ -191,7 +197,7 @@ class SampleStream:
           self.stats["tokens"] += int(ids.size)
           yield ids
         emitted = 0
-      self.cursor = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+      self._pos = (epoch + 1, 0, 0, 0)
       if produced_in_epoch == 0 and fresh_epoch:
         raise shards_lib.DataError(f"no readable samples in {len(spec.shards)} shard(s), e.g. {spec.shards[0]!r}")
       c = self.cursor
