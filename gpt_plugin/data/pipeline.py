@@ -346,7 +346,7 @@ class DataIterator:
       first_pos = first_pos or self._peek_pos
       rows.append(self._peek)
       self._peek = None
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    batch = {k: np.stack([r[k] for r in rows], dtype=np.int32) for k in rows[0]}
     if self.fast_path:
       self._check_batch_ids(batch["decoder_target_tokens"], first_pos[0])
     self._batches += 1

@@ -471,9 +471,9 @@ def check_id_range(arr: np.ndarray, where: str, vocab_size: Optional[int], embed
 
 def decode_tokens(
   members: dict,
-  *,
   url: str,
   key: str,
+  *,
   fmt: str = "auto",
   vocab_size: Optional[int] = None,
   embedding_rows: Optional[int] = None,
@@ -487,8 +487,9 @@ def decode_tokens(
   Raises :class:`CorruptSampleError` for unreadable payloads, :class:`DataError` (naming shard, key and
   member) for wrong dtype/shape, empty samples, oversized members, ids out of range (the task's
   ``vocab_size`` and the model's ``embedding_rows``) and ``.pth`` pickles that are not a plain integer tensor.
-  ``check_range=False`` leaves the range check of ids whose dtype casts losslessly to int32 to the caller
-  (the pipeline checks whole batches at once, see ``check_id_range``).
+  ``check_range=False`` leaves the range check of ids whose dtype casts losslessly to int32 to the caller (the
+  pipeline checks whole batches at once, see ``check_id_range``) and returns such ids in their own dtype (the
+  caller casts them when it builds the int32 batch).
   """
   where = f"shard {url!r}, sample {key!r}"
   f, ext = _pick_member(members, fmt)
@@ -501,6 +502,7 @@ def decode_tokens(
     raise DataError(f"{where}: member {ext!r} has shape {arr.shape}; expected 1-D token ids")
   if arr.size == 0:
     raise DataError(f"{where}: empty sample (member {ext!r})")
-  if check_range or not casts_losslessly_to_int32(arr.dtype):
-    check_id_range(arr, f"{where}, member {ext!r}", vocab_size, embedding_rows)
+  if not check_range and casts_losslessly_to_int32(arr.dtype):
+    return arr
+  check_id_range(arr, f"{where}, member {ext!r}", vocab_size, embedding_rows)
   return arr.astype(np.int32, copy=False)

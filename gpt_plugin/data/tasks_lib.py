@@ -139,7 +139,7 @@ class TarShardDataSource(seqio.DataSource):
     tokenize = None if isinstance(vocab, seqio.PassThroughVocabulary) else vocab.encode
     vocab_size = int(vocab.vocab_size) if self.check_vocab_size else None
     return functools.partial(
-      _decode,
+      shards_lib.decode_tokens,
       fmt=self.member_format,
       vocab_size=vocab_size,
       embedding_rows=embedding_rows,
@@ -205,10 +205,6 @@ class TarShardDataSource(seqio.DataSource):
           yield {"targets": ids}
 
     return tf.data.Dataset.from_generator(gen, output_signature=OUTPUT_SIGNATURE)
-
-
-def _decode(members, url, key, **kw):
-  return shards_lib.decode_tokens(members, url=url, key=key, **kw)
 
 
 def _resolve_vocabulary(vocabulary, vocab_size: Optional[int], eos_id: Optional[int]) -> seqio.Vocabulary:
