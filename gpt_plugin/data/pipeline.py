@@ -353,8 +353,9 @@ class DataIterator:
     return batch
 
   def _check_batch_ids(self, tokens: np.ndarray, segment_start: dict) -> None:
-    """One vectorised range check per batch (the fast path decodes without per-sample checks). On a hit, re-reads
-    the batch's segment with per-sample checks to name the shard, the member and the id."""
+    """One vectorised range check per batch (the fast path decodes without per-sample checks, except under the
+    'skip' policy). On a hit, re-reads the batch's segment with per-sample checks (same policy) to name the
+    shard, the member and the id."""
     vocab_size, embedding_rows = self._id_limits
     limits = [n for n in (vocab_size, embedding_rows) if n is not None]
     if int(tokens.min()) >= 0 and (not limits or int(tokens.max()) < min(limits)):
@@ -369,7 +370,6 @@ class DataIterator:
       checks=self.checks,
       check_range=True,
     )
-    spec.bad_samples = "error"
     for _ in itertools.islice(stream_lib.SampleStream(spec, cursor=segment_start), 2 * self.segment_samples):
       pass  # raises the sample's DataError
     bad = int(tokens.max()) if int(tokens.min()) >= 0 else int(tokens.min())

@@ -419,7 +419,7 @@ def _read_payload(f: str, ext: str, data, where: str, tokenize, eos_id, append_e
     )
   if f == "pth":
     try:
-      return pth_reader.read_pth_int_tensor(data, name=f"member {ext!r}")
+      return pth_reader.read_pth_int_tensor(data)
     except pth_reader.PthCorruptError as e:
       raise CorruptSampleError(f"{where}: member {ext!r} is corrupt: {e}") from None
     except pth_reader.PthFormatError as e:

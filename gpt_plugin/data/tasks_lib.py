@@ -166,7 +166,8 @@ class TarShardDataSource(seqio.DataSource):
     policy = self.bad_sample_policy(split, checks)
     return stream_lib.StreamSpec(
       shards=shards,
-      decode=self.decode_fn(checks.embedding_rows, check_range=check_range and policy != "skip"),
+      # under 'skip' every sample is checked on its own (a bad one is dropped, not its whole batch)
+      decode=self.decode_fn(checks.embedding_rows, check_range=check_range or policy == "skip"),
       shuffle=shuffle,
       seed=stream_lib.default_seed(seed) if shuffle else 0,
       window=self.window,
