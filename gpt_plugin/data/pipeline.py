@@ -346,7 +346,7 @@ class DataIterator:
       first_pos = first_pos or self._peek_pos
       rows.append(self._peek)
       self._peek = None
-    batch = {k: np.stack([r[k] for r in rows], dtype=np.int32) for k in rows[0]}
+    batch = _batch(rows, self.pack)
     if self.fast_path:
       self._check_batch_ids(batch["decoder_target_tokens"], first_pos[0])
     self._batches += 1
@@ -376,23 +376,24 @@ class DataIterator:
     raise shards_lib.DataError(f"token id {bad} out of range in a batch read from {spec.shards[0]!r} onwards")
 
 
-_FULL_ROW_CONSTANTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
 def _shifted_right(tgt: np.ndarray) -> np.ndarray:
-  inp = np.empty_like(tgt, dtype=np.int32)
-  inp[0] = 0
-  inp[1:] = tgt[:-1]
+  """Decoder inputs: targets shifted right by one along the last axis, 0 first."""
+  inp = np.empty(tgt.shape, np.int32)
+  inp[..., 0] = 0
+  inp[..., 1:] = tgt[..., :-1]
   return inp
 
 
-def _unpacked_row(ex: np.ndarray, L: int) -> dict:
+# A row is a dict of the converter's features, or, for a full row (one example of exactly L ids, which in packed
+# mode are all non-zero), the bare id array: its other features are derived a batch at a time in _batch.
+
+
+def _unpacked_row(ex: np.ndarray, L: int):
   """DecoderFeatureConverter(pack=False) for one example of at most L ids."""
   if ex.size == L:
-    tgt = ex
-  else:
-    tgt = np.zeros(L, np.int32)
-    tgt[: ex.size] = ex
+    return ex
+  tgt = np.zeros(L, np.int32)
+  tgt[: ex.size] = ex
   return {
     "decoder_target_tokens": tgt,
     "decoder_input_tokens": _shifted_right(tgt),
@@ -400,25 +401,33 @@ def _unpacked_row(ex: np.ndarray, L: int) -> dict:
   }
 
 
-def _full_row(ex: np.ndarray, L: int) -> dict:
-  """A packed row holding one example of exactly L non-zero ids: no packing arithmetic (shared constant
-  segment ids, weights and positions; rows are only ever read, np.stack copies them into the batch)."""
-  if L not in _FULL_ROW_CONSTANTS:
-    _FULL_ROW_CONSTANTS[L] = (np.ones(L, np.int32), np.arange(L, dtype=np.int32))
-  ones, positions = _FULL_ROW_CONSTANTS[L]
-  return {
-    "decoder_target_tokens": ex,
-    "decoder_input_tokens": _shifted_right(ex),
-    "decoder_loss_weights": ones,
-    "decoder_segment_ids": ones,
-    "decoder_positions": positions,
+def _full_rows_batch(targets: list, pack: bool) -> dict:
+  """The batch of full rows, every feature computed once for the whole batch."""
+  tgt = np.stack(targets, dtype=np.int32)
+  batch = {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": _shifted_right(tgt),
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
   }
+  if pack:  # one segment per row
+    batch["decoder_segment_ids"] = np.ones(tgt.shape, np.int32)
+    batch["decoder_positions"] = np.broadcast_to(np.arange(tgt.shape[1], dtype=np.int32), tgt.shape).copy()
+  return batch
 
 
-def _packed_row(parts: list, L: int) -> dict:
+def _batch(rows: list, pack: bool) -> dict:
+  full = [r for r in rows if type(r) is np.ndarray]  # noqa: E721  (exact type: rows are dicts or arrays)
+  if len(full) == len(rows):
+    return _full_rows_batch(rows, pack)
+  if full:  # a mixed batch: expand the full rows to dicts
+    rows = [{k: v[0] for k, v in _full_rows_batch([r], pack).items()} if type(r) is np.ndarray else r for r in rows]  # noqa: E721
+  return {k: np.stack([r[k] for r in rows], dtype=np.int32) for k in rows[0]}
+
+
+def _packed_row(parts: list, L: int):
   nonempty = [p for p in parts if p.size]
   if len(nonempty) == 1 and nonempty[0].size == L:
-    return _full_row(nonempty[0], L)
+    return nonempty[0]  # a full row
   tgt = np.zeros(L, np.int32)
   pos = np.zeros(L, np.int32)
   if nonempty:
