@@ -363,7 +363,7 @@ def _pick_member_uncached(exts: list, fmt: str) -> tuple[str, str]:
 
 # Parsed .npy preambles, keyed by the preamble's bytes (magic, version, header): a shard's members share a
 # handful of shapes, so each header is parsed once (np.load parses every one with ast.literal_eval).
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple, int]] = {}
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple, int, int]] = {}
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -377,7 +377,8 @@ def _npy_preamble_length(data: bytes) -> int:
   raise ValueError(f"unsupported .npy format version {data[6]}")
 
 
-def _parse_npy_preamble(preamble: bytes) -> tuple[np.dtype, tuple, int]:
+def _parse_npy_preamble(preamble: bytes) -> tuple[np.dtype, tuple, int, int]:
+  """(dtype, shape, data offset, element count) of a .npy preamble (np.lib.format's own parser)."""
   fp = io.BytesIO(preamble)
   version = np.lib.format.read_magic(fp)
   read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -386,12 +387,12 @@ def _parse_npy_preamble(preamble: bytes) -> tuple[np.dtype, tuple, int]:
     raise DataError("has dtype object (pickled); expected integers")
   if fortran and len(shape) > 1:
     shape = shape[::-1]  # a transposed layout; only the rank matters (it is refused)
-  return dtype, shape, len(preamble)
+  return dtype, shape, len(preamble), int(np.prod(shape, dtype=np.int64))
 
 
 def read_npy(data: bytes) -> np.ndarray:
   """A ``.npy`` member as a read-only array over ``data`` (no pickles). Raises ``ValueError`` for unreadable or
-  truncated bytes, ``DataError`` for object arrays. Headers are parsed once per distinct header."""
+  truncated bytes, ``DataError`` for object arrays. Headers are parsed once per distinct header (shape)."""
   end = _npy_preamble_length(data)
   preamble = data[:end]
   parsed = _NPY_HEADERS.get(preamble)
@@ -401,10 +402,7 @@ def read_npy(data: bytes) -> np.ndarray:
     parsed = _parse_npy_preamble(preamble)
     if len(_NPY_HEADERS) < 4096:
       _NPY_HEADERS[preamble] = parsed
-  dtype, shape, offset = parsed
-  count = 1
-  for n in shape:
-    count *= n
+  dtype, shape, offset, count = parsed
   if len(data) - offset != count * dtype.itemsize:
     raise ValueError(f"{len(data) - offset} data bytes for shape {shape} of {dtype} ({count * dtype.itemsize})")
   arr = np.frombuffer(data, dtype, count, offset)
