@@ -132,8 +132,9 @@ def main():
   cores = "all cores" if a.all_cores else "1 core"
   path = "tf.data path" if a.tf_path else "numpy fast path"
   raw_med, pipe_med = statistics.median(raw_times), statistics.median(pipe_times)
+  shards_kind = "pydocs .tar.gz" if a.corpus == "pydocs" else ("gz" if a.compress else "tar")
   print(
-    f"median of {a.reps} on {cores} ({path}, pack={not a.no_pack}, {'gz' if a.compress else 'tar'}): "
+    f"median of {a.reps} on {cores} ({path}, pack={not a.no_pack}, {shards_kind}): "
     f"raw tarfile+np.frombuffer {raw_med / 1e6:.2f}M tokens/s, get_dataset {pipe_med / 1e6:.2f}M tokens/s, "
     f"ratio {pipe_med / raw_med:.2f}x (goal >= 0.6x); median of the per-rep ratios "
     f"{statistics.median(p / r for p, r in zip(pipe_times, raw_times)):.2f}x"
