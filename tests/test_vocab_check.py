@@ -80,3 +80,17 @@ def test_hash_is_of_the_file_contents(tmp_path, other_bpe):
   assert vocab_check.vocabulary_hash(other_bpe) not in (None, a)
   assert vocab_check.vocabulary_hash(seqio.PassThroughVocabulary(size=10)) is None
   assert os.path.exists(tasks.PYDOCS_TOKENIZER)
+
+
+def test_check_model_against_a_registered_task():
+  from types import SimpleNamespace
+
+  def model(vocab, rows):
+    return SimpleNamespace(vocabulary=vocab, module=SimpleNamespace(config=SimpleNamespace(vocab_size=rows)))
+
+  vocab_check.check_model_against_task(model(tasks.pydocs_vocabulary(), 8192), "pydocs")
+  with pytest.raises(UserError, match=r"embedding has 4096 rows .* task 'pydocs'"):
+    vocab_check.check_model_against_task(model(tasks.pydocs_vocabulary(), 4096), "pydocs")
+  gpt2 = seqio.PassThroughVocabulary(size=50304, eos_id=50256)
+  with pytest.raises(UserError, match=r"vocabulary mismatch: the model \(VOCABULARY\) uses PassThroughVocabulary"):
+    vocab_check.check_model_against_task(model(gpt2, 50304), "pydocs")

@@ -2,6 +2,8 @@
 
 Called by the runners' validation pass, before anything is written to MODEL_DIR::
 
+    vocab_check.check_model_against_task(model, MIXTURE_OR_TASK_NAME)   # every task of a mixture
+    # or, with the pieces at hand:
     vocab_check.check_model_and_task_vocab(model.vocabulary, task_vocabulary, config.vocab_size, task_name=name)
 
 Two vocabularies are the same tokenizer when both come from tokenizer files with the same content hash (SHA-256
@@ -18,7 +20,13 @@ from typing import Optional
 
 from gpt_plugin.errors import UserError
 
-__all__ = ["VocabularyMismatchError", "check_model_and_task_vocab", "describe_vocabulary", "vocabulary_hash"]
+__all__ = [
+  "VocabularyMismatchError",
+  "check_model_against_task",
+  "check_model_and_task_vocab",
+  "describe_vocabulary",
+  "vocabulary_hash",
+]
 
 
 class VocabularyMismatchError(UserError, ValueError):
@@ -98,11 +106,13 @@ def _tokenizer_difference(model_vocab, task_vocab) -> Optional[str]:
   return None
 
 
-def check_model_and_task_vocab(model_vocab, task_vocab, embedding_rows: int, *, task_name: str = "the task") -> None:
+def check_model_and_task_vocab(
+  model_vocab, task_vocab, embedding_rows: Optional[int], *, task_name: str = "the task"
+) -> None:
   """Raises ``VocabularyMismatchError`` (a ``UserError``: exit 2) with one message naming both vocabularies and
   their sizes if they are not the same tokenizer, or if ``embedding_rows`` (the model's ``VOCAB_SIZE``) is smaller
-  than either vocabulary. ``model_vocab`` may be None (the model has no vocabulary of its own): then only the
-  embedding is checked."""
+  than either vocabulary. ``model_vocab`` None (the model has no vocabulary of its own): only the embedding is
+  checked; ``embedding_rows`` None (unknown): only the tokenizers are compared."""
   task_desc = f"the task {task_name!r} uses {describe_vocabulary(task_vocab)}"
   if model_vocab is not None:
     why = _tokenizer_difference(model_vocab, task_vocab)
@@ -112,6 +122,8 @@ def check_model_and_task_vocab(model_vocab, task_vocab, embedding_rows: int, *, 
         f"{why}. Train, evaluate and sample with the tokenizer the corpus was tokenised with: bind VOCABULARY "
         "and VOCAB_SIZE from the corpus's gin file (build_corpus writes OUT/NAME.gin)"
       )
+  if embedding_rows is None:
+    return
   needed = max(int(task_vocab.vocab_size), 0 if model_vocab is None else int(model_vocab.vocab_size))
   if model_vocab is not None and _is_pass_through(model_vocab):
     needed = int(task_vocab.vocab_size)
@@ -123,3 +135,22 @@ def check_model_and_task_vocab(model_vocab, task_vocab, embedding_rows: int, *, 
       f"token ids up to {needed - 1} would index past the embedding. Set VOCAB_SIZE to at least {needed} "
       f"(the presets pad to a multiple of 128: {padded})"
     )
+
+
+def _embedding_rows(model) -> Optional[int]:
+  config = getattr(getattr(model, "module", None), "config", None)
+  rows = getattr(config, "vocab_size", None)
+  return int(rows) if rows is not None else None
+
+
+def check_model_against_task(model, mixture_or_task_name: str, feature: str = "targets") -> None:
+  """``check_model_and_task_vocab`` for a model (``models.DecoderOnlyLM``: ``.vocabulary`` and
+  ``.module.config.vocab_size``) and every task of ``mixture_or_task_name`` (its ``feature`` vocabulary). A model
+  without a ``module.config.vocab_size`` gets only the tokenizer comparison."""
+  import seqio  # pylint: disable=g-import-not-at-top  # heavy; only when a runner validates
+
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  model_vocab, rows = getattr(model, "vocabulary", None), _embedding_rows(model)
+  for task in tasks:
+    check_model_and_task_vocab(model_vocab, task.output_features[feature].vocabulary, rows, task_name=task.name)
