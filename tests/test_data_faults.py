@@ -164,6 +164,41 @@ def test_skip_policy_counts_logs_and_stops_over_the_cap(tmp_path, caplog):
   assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("window", [7, 1024])
+def test_skip_counters_continue_across_a_resume(tmp_path, window):
+  rng = np.random.default_rng(1)
+  samples = [(f"k{i}", rng.integers(1, VOCAB, 8).astype(np.int32)) for i in range(60)]
+  for i in (3, 17, 41):
+    samples[i] = (f"bad{i}", np.array([1.5, 2.5], np.float32))
+  shardgen.write_shard(str(tmp_path / "r-0.tar"), samples[:30])
+  shardgen.write_shard(str(tmp_path / "r-1.tar"), samples[30:])
+  tasks_lib.register_tar_shard_task(
+    "f_res", train_shards=str(tmp_path / "r-{0..1}.tar"), vocab_size=VOCAB, shuffle_window=window
+  )
+  kw = dict(
+    pack=False,
+    shuffle=True,
+    seed=2,
+    num_epochs=1,
+    segment_samples=10,
+    checks=checks.DataChecks(bad_samples="skip", max_skipped_fraction=0.2),
+  )
+  ref = pipeline.get_dataset("f_res", {"targets": 8}, "train", 2, **kw)
+  batches = list(ref)
+  assert ref.stats()["skipped_samples"] == 3
+  for k in (5, 12, 20):
+    it = pipeline.get_dataset("f_res", {"targets": 8}, "train", 2, **kw)
+    for _ in range(k):
+      next(it)
+    counted = it.stats()["skipped_samples"]
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = pipeline.get_dataset("f_res", {"targets": 8}, "train", 2, state=state, **kw)
+    rest = list(resumed)
+    assert len(rest) == len(batches) - k
+    np.testing.assert_array_equal(rest[0]["decoder_target_tokens"], batches[k]["decoder_target_tokens"])
+    assert counted <= resumed.stats()["skipped_samples"] == 3  # the whole run skipped 3, resumed or not
+
+
 def test_builder_corpora_default_to_error(tmp_path):
   shardgen.write_shard(
     str(tmp_path / "c-0.tar"), [("ok", np.arange(1, 5)), ("broken", ("input_id.pth", b"PK\x03\x04junk"))]

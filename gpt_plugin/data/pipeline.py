@@ -118,6 +118,8 @@ class DataIterator:
       skip_rows = int(state["rows_done"]) if state is not None else 0
       self._finished = bool(state.get("finished")) if state is not None else False
       self._stream = stream_lib.SampleStream(spec, cursor=cursor, stats=self._stats)
+      if state is not None:  # skip counters as they were at the segment's start: the cap and the metric go on
+        self._stream.restore_counts(state.get("skip_counts") or {})
       self._rows = self._stream_rows(skip_rows)
     else:
       self._finished = bool(state.get("finished")) if state is not None else False
@@ -170,8 +172,10 @@ class DataIterator:
       self._fill_peek()
       if self._peek is None:
         st.update(finished=True, segment_start=dict(self._stream.cursor), rows_done=0)
+        st.update(skip_counts=self._stream.counts())
       else:
         st.update(finished=False, segment_start=dict(self._peek_pos[0]), rows_done=self._peek_pos[1])
+        st.update(skip_counts=dict(self._peek_pos[2]))
     else:
       st.update(finished=self._finished)
     return st
@@ -213,11 +217,12 @@ class DataIterator:
       )
     return self.converter(ds, self.feature_lengths)
 
-  def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int], dict]]:
+  def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int, dict], dict]]:
+    """((segment start cursor, row index in the segment, skip counters at the segment start), row)."""
     if self._finished:
       return
     while True:
-      start = dict(self._stream.cursor)
+      start, counts = dict(self._stream.cursor), self._stream.counts()
       counter = [0]
       samples = self._counted(itertools.islice(self._stream.samples(), self.segment_samples), counter)
       row_index = skip_rows
@@ -225,7 +230,7 @@ class DataIterator:
         rows = itertools.islice(self._numpy_rows(samples), skip_rows, None)
         skip_rows = 0
         for row in rows:
-          yield (start, row_index), row
+          yield (start, row_index, counts), row
           row_index += 1
       else:
         ds = self._segment_dataset(samples)
@@ -234,7 +239,7 @@ class DataIterator:
         skip_rows = 0
         try:
           for row in ds.as_numpy_iterator():
-            yield (start, row_index), row
+            yield (start, row_index, counts), row
             row_index += 1
         except (tf.errors.OpError, StopIteration) as e:
           if self._error is not None:

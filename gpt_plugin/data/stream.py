@@ -75,6 +75,7 @@ class SampleStream:
     self.stats = stats if stats is not None else {}
     self._read = 0  # samples handed to decode
     self._decode_skipped = 0  # of which skipped (the rest of stats['skipped_samples'] was lost in broken shards)
+    self._pos_counts: Optional[tuple] = None  # the counters at the start of the window at self._pos
     for k in ("samples", "tokens", "skipped_samples", "corrupt_shards"):
       self.stats.setdefault(k, 0)
     self._it = self._run()
@@ -88,6 +89,21 @@ class SampleStream:
 
   def __next__(self) -> np.ndarray:
     return next(self._it)
+
+  _COUNTS = ("skipped_samples", "corrupt_shards", "read", "decode_skipped")
+
+  def _counts_now(self) -> tuple:
+    return (self.stats["skipped_samples"], self.stats["corrupt_shards"], self._read, self._decode_skipped)
+
+  def counts(self) -> dict:
+    """The bad-sample counters as they were when the window at ``cursor`` started (a seek to the cursor re-reads
+    that window and counts its bad samples again), JSON-able, for ``restore_counts`` after a restart."""
+    return dict(zip(self._COUNTS, self._pos_counts or self._counts_now()))
+
+  def restore_counts(self, counts: dict) -> None:
+    skipped, corrupt, read, decode_skipped = (int(counts.get(k, 0)) for k in self._COUNTS)
+    self.stats["skipped_samples"], self.stats["corrupt_shards"] = skipped, corrupt
+    self._read, self._decode_skipped, self._pos_counts = read, decode_skipped, None
 
   def samples(self) -> Iterator[np.ndarray]:
     """The underlying generator (the same items as iterating the stream, one call less per sample)."""
@@ -106,8 +122,9 @@ class SampleStream:
     return np.random.default_rng([self.spec.seed, epoch, shard, sample, 0x717D]).permutation(n).tolist()
 
   # -- reading ----------------------------------------------------------------
-  def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object]]:
-    """Yields (shard_pos, index_in_shard, ids-or-None-if-bad) from (shard_pos, skip) to epoch end."""
+  def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object, tuple]]:
+    """Yields (shard_pos, index_in_shard, ids-or-None-if-bad, counters before this sample was read) from
+    (shard_pos, skip) to epoch end."""
     spec = self.spec
     expected = spec.expected_samples or {}
     for pos in range(shard_pos, len(order)):
@@ -122,12 +139,13 @@ class SampleStream:
       ):
         if members is None:
           continue
+        before = self._counts_now()
         self._read += 1
         try:
           ids = spec.decode(members, url, key)
         except shards_lib.DataError as e:
           ids = self._bad_sample(e)
-        yield pos, idx, ids
+        yield pos, idx, ids, before
       if self.stats["skipped_samples"] != skipped_before:  # the shard ended early: counted by iter_tar_samples
         self._check_skip_cap(f"shard {url!r} ended early")
 
@@ -172,7 +190,7 @@ class SampleStream:
       pending = next(raw, None)
       while pending is not None:
         # The window starts at the first raw sample actually present.
-        start_pos, start_sample = pending[0], pending[1]
+        start_pos, start_sample, start_counts = pending[0], pending[1], pending[3]
         window = [pending[2]]
         pending = None
         for item in raw:
@@ -183,13 +201,16 @@ class SampleStream:
         if pending is None and len(window) == w:
           pending = next(raw, None)
         if pending is not None:
-          nxt = (epoch, pending[0], pending[1], 0)
+          nxt, nxt_counts = (epoch, pending[0], pending[1], 0), pending[3]
         else:
-          nxt = (epoch + 1, 0, 0, 0)
+          nxt, nxt_counts = (epoch + 1, 0, 0, 0), self._counts_now()
         perm = self._perm(len(window), epoch, start_pos, start_sample)
         for j in range(emitted, len(perm)):
           ids = window[perm[j]]
-          self._pos = nxt if j + 1 == len(perm) else (epoch, start_pos, start_sample, j + 1)
+          if j + 1 == len(perm):
+            self._pos, self._pos_counts = nxt, nxt_counts
+          else:
+            self._pos, self._pos_counts = (epoch, start_pos, start_sample, j + 1), start_counts
           if ids is None:
             continue
           produced_in_epoch += 1
@@ -197,7 +218,7 @@ class SampleStream:
           self.stats["tokens"] += int(ids.size)
           yield ids
         emitted = 0
-      self._pos = (epoch + 1, 0, 0, 0)
+      self._pos, self._pos_counts = (epoch + 1, 0, 0, 0), self._counts_now()
       if produced_in_epoch == 0 and fresh_epoch:
         raise shards_lib.DataError(f"no readable samples in {len(spec.shards)} shard(s), e.g. {spec.shards[0]!r}")
       c = self.cursor
