@@ -1,11 +1,11 @@
 """Registers, spills and shared memory of the flash-ALiBi Triton kernels, without a GPU.
 
-Lowers the forward, dq and dk/dv kernels of `gpt_plugin.kernels.flash_alibi` to Triton IR on the CPU (the same
-Pallas lowering jax runs on a GPU), compiles that IR with the `triton` compiler from PyPI for an NVIDIA target
-(sm_90 by default), and runs `ptxas -v` on the PTX. It prints, per kernel and launch configuration, the shared
-memory, registers per thread and spill bytes, and flags configurations that spill or do not fit the card's shared
-memory. Spills and shared-memory overflows are the usual reasons a tile choice is slow or fails to launch, so this
-prunes the tile grid before a GPU session and guards the front end's default tiles.
+Lowers the forward, dq and dk/dv kernels of `gpt_plugin.kernels.triton_alibi` (through `flash_alibi`) to Triton IR
+on the CPU (the same Pallas lowering jax runs on a GPU), compiles that IR with the `triton` compiler from PyPI for
+an NVIDIA target (sm_90 by default), and runs `ptxas -v` on the PTX. It prints, per kernel and launch configuration,
+the shared memory, registers per thread and spill bytes, and flags configurations that spill or do not fit the
+card's shared memory. Spills and shared-memory overflows are the usual reasons a tile choice is slow or fails to
+launch, so this prunes the tile grid before a GPU session and guards the front end's default tiles.
 
 It is a proxy: XLA compiles Pallas kernels with its own Triton build, so counts can differ a little from what a GPU
 run uses; timing still needs a GPU (`benchmarks/attention.py --sweep`).

@@ -92,7 +92,7 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   import gin
   import jax
   from gpt_plugin import network
-  from gpt_plugin.training import gin_flags
+  from gpt_plugin import gin_utils
 
   attn = args.attention_impl or ("cudnn" if jax.default_backend() == "gpu" else "xla")
   vocab = cfg.get("vocab", VOCAB)
@@ -110,7 +110,7 @@ def build_config(cfg: dict, args) -> "network.GPTConfig":
   ]
   if attn != "xla":
     bindings.append("network.GPTConfig.attention_dropout_rate = 0.0")
-  gin_flags.parse_gin(
+  gin_utils.parse_gin(
     ["models/gpt_architecture.gin"] + list(args.gin_file), bindings + list(args.gin_bindings), finalize=False
   )
   try:
@@ -189,7 +189,7 @@ def run_ours(name: str, cfg: dict, args) -> dict:
   peak_mem = metrics.peak_memory_bytes()
   step_s = float(np.median(times))
   tok_s = batch * seq / step_s
-  fpt = metrics.train_flops_per_token(n_params, config.num_layers, config.emb_dim, seq)
+  fpt = config.flops_per_token(seq)
   peak = (args.peak_tflops * 1e12) if args.peak_tflops else metrics.peak_flops_per_device()
   mfu = tok_s * fpt / (peak * n_dev) if peak else 0.0
   return {

@@ -39,7 +39,8 @@ class DecoderOnlyLM:
     optimizer_def: kept for T5X compatibility (our runners configure the optimizer in gin separately).
     decode_fn: `temperature_sample`/`beam_search`-compatible function; default `decoding.temperature_sample`.
     label_smoothing, z_loss: loss options.
-    loss_normalizing_factor: None -> mean over weighted target tokens of the batch; a number -> sum / number.
+    loss_normalizing_factor: None -> mean over weighted target tokens of the batch; a number -> sum / number
+      (for the whole batch, also when a train step splits it into microbatches: see `loss_sum_fn`).
   """
 
   FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter if seqio is not None else None
@@ -118,10 +119,12 @@ class DecoderOnlyLM:
     )
 
   def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
-    """Mean weighted token cross-entropy (+ z-loss) in float32, and clu metrics.
+    """T5X contract: (loss, metrics). `loss` is the weighted token cross-entropy (+ z-loss) sum, in float32,
+    divided by `loss_denominator(num_tokens)`: the mean over the weighted target tokens, or the sum over
+    `loss_normalizing_factor`.
 
     Metrics: `loss`, `cross_ent_loss`, `z_loss`, `accuracy` (token-weighted Averages), `num_tokens` (Sum of
-    loss weights), `num_examples` (Sum). Runners doing gradient accumulation rescale by `num_tokens`.
+    loss weights), `num_examples` (Sum). Our train and eval steps use `loss_sum_fn` instead (microbatching).
     """
     logits = self._compute_logits(params, batch, dropout_rng)
     weights = batch.get("decoder_loss_weights")
@@ -132,8 +135,7 @@ class DecoderOnlyLM:
       logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss
     )
     num_tokens = jnp.sum(weights)
-    denominator = self.loss_normalizing_factor or jnp.maximum(num_tokens, 1.0)
-    loss = jnp.sum(per_token * weights) / denominator
+    loss = jnp.sum(per_token * weights) / self.loss_denominator(num_tokens)
     metrics = {
       "loss": weighted_average(per_token, weights),
       "cross_ent_loss": weighted_average(nll, weights),
@@ -143,6 +145,28 @@ class DecoderOnlyLM:
       "num_examples": Sum(total=jnp.asarray(targets.shape[0], jnp.float32)),
     }
     return loss, metrics
+
+  def loss_denominator(self, num_tokens: Array) -> Array:
+    """What a batch with total loss weight `num_tokens` divides its loss sum by: `loss_normalizing_factor`
+    when set, else the token weight itself (at least 1). Not additive over microbatches, so a step that
+    accumulates adds the sums and the weights, and calls this once on the total."""
+    if self.loss_normalizing_factor:
+      return jnp.asarray(self.loss_normalizing_factor, jnp.float32)
+    return jnp.maximum(num_tokens, 1.0)
+
+  def loss_sum_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
+    """(loss_sum, num_tokens, metrics) for gradient accumulation: the weighted loss sum of this batch (0 when it
+    has no weighted token), its total loss weight (float32) and `loss_fn`'s metrics. Summed over microbatches
+    and divided once by `loss_denominator(total num_tokens)`, it gives the whole batch's `loss_fn`, also with a
+    fixed `loss_normalizing_factor`. Computed through `loss_fn`, so a subclass that overrides it is honoured."""
+    loss, metrics = self.loss_fn(params, batch, dropout_rng)
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      num_tokens = jnp.asarray(batch["decoder_target_tokens"].size, jnp.float32)
+    else:
+      num_tokens = jnp.sum(weights).astype(jnp.float32)
+    loss_sum = loss.astype(jnp.float32) * self.loss_denominator(num_tokens)
+    return jnp.where(num_tokens > 0, loss_sum, 0.0), num_tokens, metrics
 
   def eval_fn(self, params: PyTree, batch: Mapping[str, Array]):
     return self.loss_fn(params, batch, dropout_rng=None)

@@ -179,15 +179,34 @@ class GPTConfig:
     return total
 
   def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward), PaLM/MFU convention:
-    6 * (non-embedding params + tied logits matmul) + 12 * layers * attn_width * seq_len (causal attention
-    counted in full, as in the PaLM appendix)."""
-    d = self.emb_dim
+    """Training FLOPs per token of one forward + backward pass at `seq_len` (the MFU numerator).
+
+    Counts the matrix multiplications this config builds, 2 FLOPs per multiply-add, x3 for forward + backward
+    (the backward pass runs one matmul for the input gradient and one for the weight gradient):
+      * weight matmuls: attention q/k/v/out over the attention width (emb_dim/2 with the SGU), MLP in/out,
+        the tied logits matmul `x @ E^T` (the table counts once, as the logits projection), head-QK q/k;
+      * attention scores and weighted values: 2 x 2 * seq_len * attention width per layer, over the full
+        seq_len x seq_len matrix (causal masking is not subtracted: the PaLM appendix convention, and what the
+        XLA path computes);
+      * head-QK copy scores q.k^T: 2 * seq_len * head_qk_dim, forward and backward;
+      * the static SGU band: forward only (its input is stop-gradient, its kernel fixed), as applied blockwise:
+        ceil(seq_len / K) chunks of K rows over a 2K window of emb_dim/2 channels.
+    Lookups (token and learned-position embeddings), biases, LayerNorms, softmax and other element-wise work
+    add no matmul FLOPs and are not counted; rematerialisation is not counted either (model FLOPs, not
+    hardware FLOPs)."""
+    d, layers, t = self.emb_dim, self.num_layers, seq_len
     attn_width = d // 2 if self.use_static_sgu else d
-    matmul_params = self.num_params()  # the tied table counts once, for the logits matmul
-    if self.position_embedding == "learned":
-      matmul_params -= self.max_position_embeddings * d
-    return 6.0 * matmul_params + 12.0 * self.num_layers * attn_width * seq_len
+    weight_macs = layers * (4 * attn_width * attn_width + 2 * d * self.mlp_width) + self.vocab_size * d
+    score_macs = layers * 2 * t * attn_width
+    if self.head_qk_trick:
+      weight_macs += 2 * d * self.head_qk_dim
+      score_macs += t * self.head_qk_dim
+    flops = 6.0 * (weight_macs + score_macs)
+    if self.use_static_sgu and not self.sgu_legacy_zero_kernel:
+      k = self.sgu_kernel_size
+      chunk_rows = -(-t // k) * k
+      flops += layers * 2.0 * chunk_rows * 2 * k * (d // 2) / t
+    return flops
 
 
 def _block_class(cfg: GPTConfig):

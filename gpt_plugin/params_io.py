@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
-_STEP_DIR = re.compile(r"checkpoint_(\d+)$")
-_ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
+from gpt_plugin.training import checkpoint_layout as layout
+
 _PARAMS_KEYS = ("params", "target")  # ours and exports / T5X's FlaxOptimTrainState
 
 
@@ -182,15 +181,9 @@ def _unwrap(tree: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def checkpoint_steps(model_dir: str) -> List[int]:
-  """Steps of the complete `checkpoint_<step>` directories (with a `state/` item) in a MODEL_DIR, ascending."""
-  if not os.path.isdir(model_dir):
-    return []
-  steps = []
-  for name in os.listdir(model_dir):
-    m = _STEP_DIR.match(name)
-    if m and os.path.isdir(os.path.join(model_dir, name, "state")):
-      steps.append(int(m.group(1)))
-  return sorted(steps)
+  """Steps of the complete `checkpoint_<step>` directories (with a `state/` item) in a MODEL_DIR, ascending
+  (the layout is `gpt_plugin.training.checkpoint_layout`'s)."""
+  return layout.checkpoint_steps(model_dir)
 
 
 def resolve_checkpoint(path: str, step: Optional[int] = None) -> Tuple[str, str]:
@@ -210,14 +203,14 @@ def resolve_checkpoint(path: str, step: Optional[int] = None) -> Tuple[str, str]
     if step is None:
       step = steps[-1]
     elif step not in steps:
-      raise FileNotFoundError(f"{path}: no checkpoint_{step} (steps: {steps})")
-    return "orbax", os.path.join(path, f"checkpoint_{step}", "state")
-  for sub in ("state", "params"):
+      raise FileNotFoundError(f"{path}: no {layout.step_dir_name(step)} (steps: {steps})")
+    return "orbax", layout.state_dir(path, step)
+  for sub in (layout.STATE_ITEM, "params"):
     if os.path.isdir(os.path.join(path, sub)):
       return "orbax", os.path.join(path, sub)
   if os.path.isfile(os.path.join(path, "params.msgpack")):
     return "msgpack", os.path.join(path, "params.msgpack")
-  if any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS):
+  if any(os.path.exists(os.path.join(path, m)) for m in layout.ORBAX_MARKERS):
     return "orbax", path
   raise FileNotFoundError(
     f"no checkpoint found at {path!r} (expected checkpoint_<step>/state, an exported "

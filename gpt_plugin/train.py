@@ -1,25 +1,30 @@
-r"""Train a model: `python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=\"/tmp/qs\"`.
+r"""Train a model:
+
+  python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin.MODEL_DIR=\"/tmp/gpt_plugin_quickstart\"
 
 Flags follow T5X (`--gin_file`, `--gin_bindings`, `--gin_search_paths`, `--gin.NAME=VALUE`); the run gin files
-bind `gpt_plugin.training.train_lib.train`. See README.md, "Training".
+bind `gpt_plugin.training.train_lib.train`. The configuration is checked (gpt_plugin/config_checks.py) before
+MODEL_DIR is touched. See README.md, "Training".
 """
 
-from absl import app
+from gpt_plugin import cli
+from gpt_plugin import gin_utils
 
-from gpt_plugin.training import gin_flags
-
-gin_flags.define_flags()
+gin_utils.define_flags()
 
 
 def main(argv):
-  gin_flags.prepare_runner(argv)
-  gin_flags.maybe_initialize_distributed_from_flags()
-  gin_flags.parse_from_flags()
+  del argv  # checked by cli.run_absl
+  gin_utils.maybe_initialize_distributed_from_flags()
+  with cli.quiet_native_logs():  # TensorFlow's start-up lines (seqio tasks are imported by the gin files)
+    gin_utils.parse_from_flags()
+  gin_utils.maybe_initialize_distributed_from_gin()
+  from gpt_plugin import config_checks  # pylint: disable=g-import-not-at-top
   from gpt_plugin.training import train_lib  # pylint: disable=g-import-not-at-top
 
-  with gin_flags.exit_on(train_lib.NonFiniteLossError, train_lib.checkpointing.ShapeMismatchError):
-    train_lib.run_from_gin()
+  config_checks.check_train()  # before MODEL_DIR is touched; the start banner names the mesh
+  train_lib.run_from_gin()
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=gin_flags.flags_parser)
+  cli.run_absl(main, __doc__, run_gin="runs/pretrain.gin")

@@ -1,38 +1,10 @@
-"""The bundled sample corpus task ``pydocs`` (Python 3.11 documentation, PSF licence).
+"""The bundled sample corpus task ``pydocs``; it lives in :mod:`gpt_plugin.data.sample_task` (importing either
+registers it). Kept so that gin files and scripts that ``import tasks.sample_corpus`` keep working."""
 
-Pre-tokenised ``.npy`` shards and a byte-level BPE ``tokenizer.json`` (8192 tokens,
-``<pad>``=0, ``<|endoftext|>``=1) live in ``gpt_plugin/data/sample_corpus``; see
-PROVENANCE.md there.  Use it with ``MIXTURE_OR_TASK_NAME = 'pydocs'`` and the
-vocabulary from :func:`pydocs_vocabulary` (gin: ``@tasks.pydocs_vocabulary()``).
-"""
-
-import os
-
-import gin
-
-import gpt_plugin.data
-from gpt_plugin.data import tasks_lib, vocabularies
-
-SAMPLE_CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(gpt_plugin.data.__file__)), "sample_corpus")
-PYDOCS_TOKENIZER = os.path.join(SAMPLE_CORPUS_DIR, "tokenizer.json")
-PYDOCS_VOCAB_SIZE = 8192
-
-
-@gin.configurable(module="tasks")
-def pydocs_vocabulary() -> vocabularies.HFTokenizerVocabulary:
-  """The sample corpus' tokenizer as a seqio vocabulary (8192 tokens, EOS id 1)."""
-  return vocabularies.HFTokenizerVocabulary(PYDOCS_TOKENIZER, eos_token="<|endoftext|>")
-
-
-def register_pydocs(name: str = "pydocs"):
-  return tasks_lib.register_tar_shard_task(
-    name,
-    train_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_train.index"),
-    validation_shards=os.path.join(SAMPLE_CORPUS_DIR, "pydocs_validation.index"),
-    vocabulary=pydocs_vocabulary(),
-    member_format="npy",
-    shuffle_window=256,
-  )
-
-
-register_pydocs()
+from gpt_plugin.data.sample_task import (  # noqa: F401
+  PYDOCS_TOKENIZER,
+  PYDOCS_VOCAB_SIZE,
+  SAMPLE_CORPUS_DIR,
+  pydocs_vocabulary,
+  register_pydocs,
+)

@@ -144,3 +144,193 @@ def test_bundled_pydocs_corpus():
   text = vocab.decode_document(b["decoder_target_tokens"][0])
   assert sum(w in text.lower().split() for w in ("the", "a", "of", "is", "to")) >= 1
   assert it.stats()["skipped_samples"] == 0
+
+
+# ----------------------------------------------------------------- the builder's gin file, split, speed path
+LINES = [
+  f"Line {i} of the story: the {w} sat by the {v} and watched the {u}."
+  for i in range(400)
+  for w, v, u in [(("cat", "dog", "owl")[i % 3], ("river", "fire", "door")[i % 3], ("moon", "rain", "road")[i % 3])]
+]
+
+
+def _book_folder(tmp_path, n_files=5, lines=80):
+  d = tmp_path / "books"
+  d.mkdir()
+  for f in range(n_files):
+    (d / f"book{f}.txt").write_text("\n".join(LINES[f * lines : (f + 1) * lines]) + "\n", encoding="utf-8")
+  return d
+
+
+def _build(tmp_path, *extra, inp=None, out="out"):
+  inp = inp or str(_book_folder(tmp_path))
+  argv = ["--input", inp, "--output_dir", str(tmp_path / out), "--name", "books", "--n_ctx", "64", "--quiet"]
+  return build_corpus.build(build_corpus.parse_args(argv + list(extra)))
+
+
+def test_corpus_gin_binds_task_and_the_corpus_vocabulary_after_quickstart(tmp_path, monkeypatch):
+  import gin
+  from gpt_plugin.data import corpus_gin
+  from gpt_plugin import gin_utils
+
+  assert [corpus_gin.padded_vocab_size(n) for n in (50257, 8192, 300)] == [50304, 8192, 384]
+  meta = _build(tmp_path, "--train_tokenizer", "300")
+  gin_file = tmp_path / "out" / "books.gin"
+  assert meta["gin"] == "books.gin" and meta["tokenizer"]["padded_vocab_size"] == 384
+  text = gin_file.read_text()
+  assert f"'{tmp_path / 'out' / 'tokenizer.json'}'" in text and f"'{tmp_path / 'out' / 'books_train.index'}'" in text
+  monkeypatch.chdir(tmp_path)  # absolute paths: works from any folder
+  gin_utils.parse_gin(["runs/quickstart.gin", str(gin_file)], finalize=False)
+  try:
+    assert gin.query_parameter("%VOCAB_SIZE") == 384
+    vocab = gin.query_parameter("%VOCABULARY").scoped_configurable_fn()
+    assert isinstance(vocab, vocabularies.HFTokenizerVocabulary) and vocab.vocab_size == 300 and vocab.eos_id == 1
+    assert (
+      vocab.tokenizer.to_str()
+      == vocabularies.get_vocabulary(str(tmp_path / "out" / "tokenizer.json")).tokenizer.to_str()
+    )
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn() == "books"
+  finally:
+    gin.clear_config()
+  it = pipeline.get_dataset("books", {"targets": 64}, "validation", 1, shuffle=False, pack=False, num_epochs=1)
+  n = sum(int((b["decoder_target_tokens"] != 0).sum()) for b in it)
+  assert n == meta["num_validation_tokens"] > 0
+
+
+def test_validation_is_drawn_from_every_file_when_files_are_few(tmp_path):
+  meta = _build(tmp_path, "--train_tokenizer", "300", "--validation_fraction", "0.1")
+  assert meta["split"]["by"] == "within"  # 5 files x 0.1 would be 0-1 whole files
+  rows = meta["inputs"]
+  assert [os.path.basename(r["file"]) for r in rows] == [f"book{i}.txt" for i in range(5)]
+  for r in rows:
+    assert r["train_documents"] == r["validation_documents"] == 1
+    assert 0.05 < r["validation_bytes"] / (r["train_bytes"] + r["validation_bytes"]) < 0.15
+  assert (
+    meta["tokenizer"]["sha256"]
+    == __import__("hashlib").sha256((tmp_path / "out" / "tokenizer.json").read_bytes()).hexdigest()
+  )
+  assert meta["num_train_tokens"] + meta["num_validation_tokens"] > 0
+  # each file's held-out piece is its last lines, cut at a line break
+  text = (tmp_path / "books" / "book0.txt").read_text()
+  cut = corpus_split_tail = __import__("gpt_plugin.data.corpus_split", fromlist=["x"]).tail_cut(text, 0.1)
+  assert text[corpus_split_tail - 1] == "\n" and 0.85 < cut / len(text) < 0.95
+
+
+def test_document_split_samples_across_the_corpus():
+  from gpt_plugin.data import corpus_split
+
+  texts = [f"doc {i}" for i in range(1000)]
+  s = corpus_split.split_corpus(texts, list(range(1000)), validation_fraction=0.05, seed=3)
+  assert s.mode == "document" and len(s.texts["validation"]) == 50
+  val = sorted(s.file_of["validation"])
+  assert val[0] < 100 and val[-1] > 900  # spread over the corpus, not a run of neighbours
+  assert max(np.diff(val)) < 200
+  with pytest.raises(corpus_split.SplitError, match="--validation_docs counts whole documents"):
+    corpus_split.split_corpus(texts, list(range(1000)), mode="within", validation_docs=3)
+
+
+def test_builder_tokenises_as_the_training_vocabulary():
+  import seqio
+
+  import tasks
+  from gpt_plugin.data import corpus_tokenizer
+
+  spec = corpus_tokenizer._hf_spec(tasks.PYDOCS_TOKENIZER)
+  got = corpus_tokenizer.Encoder(spec).encode_batch(DOCS)
+  vocab = tasks.pydocs_vocabulary()
+  assert spec.vocab_size == vocab.vocab_size and spec.eos_id == vocab.eos_id
+  assert all(g.tolist() == list(vocab.encode(d)) for g, d in zip(got, DOCS))
+  got = corpus_tokenizer.Encoder(corpus_tokenizer.TokenizerSpec("byte")).encode_batch(DOCS)
+  assert all(g.tolist() == list(seqio.ByteVocabulary().encode(d)) for g, d in zip(got, DOCS))
+
+
+def test_builder_and_its_workers_import_no_tensorflow(tmp_path):
+  import subprocess
+  import sys
+
+  books = _book_folder(tmp_path)
+  code = (
+    "import sys\n"
+    "from gpt_plugin.data import build_corpus, corpus_encode, corpus_tokenizer\n"
+    "for w, out in ((1, 'one'), (2, 'two')):\n"
+    f"  rc = build_corpus.main(['--input', {str(books)!r}, '--output_dir', {str(tmp_path)!r} + '/' + out,\n"
+    "    '--name', 'b', '--train_tokenizer', '300', '--n_ctx', '64', '--num_workers', str(w), '--quiet'])\n"
+    "  assert rc == 0\n"
+    "heavy = [m for m in ('tensorflow', 'seqio', 'jax') if m in sys.modules]\n"
+    f"spec = corpus_tokenizer._hf_spec({str(tmp_path / 'one' / 'tokenizer.json')!r})\n"
+    "with corpus_encode.start_pool(spec, 2) as pool:\n"
+    "  in_worker = pool.apply(eval, (\"[m for m in ('tensorflow', 'seqio') if m in __import__('sys').modules]\",))\n"
+    "print('HEAVY', heavy, in_worker)\n"
+  )
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "HEAVY [] []" in r.stdout
+  assert "tokens/s (2 processes)" in r.stderr and "tokens/s (1 process)" in r.stderr
+  for name in os.listdir(tmp_path / "one"):  # the pool gives the same bytes as this process
+    if name.endswith(".tar.gz"):
+      assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_rebuilding_the_bundled_corpus_gives_the_same_shards(tmp_path):
+  import tasks
+  from benchmarks import builder_throughput
+
+  docs = builder_throughput.bundled_documents(builder_throughput.load_tokenizer())
+  jsonl = tmp_path / "pydocs.jsonl"
+  jsonl.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+  argv = ["--input", str(jsonl), "--output_dir", str(tmp_path / "out"), "--name", "pydocs", "--tokenizer"]
+  argv += [tasks.PYDOCS_TOKENIZER, "--n_ctx", "1024", "--max_samples_per_shard", "32", "--quiet"]
+  meta = build_corpus.build(build_corpus.parse_args(argv))
+  with open(os.path.join(tasks.SAMPLE_CORPUS_DIR, "metadata.json")) as f:
+    bundled = json.load(f)
+  assert meta["split"]["by"] == "document"
+  for split in ("train", "validation"):
+    assert meta[f"{split}_shards"] == bundled[f"{split}_shards"]
+    assert meta[f"num_{split}_tokens"] == bundled[f"num_{split}_tokens"]
+    for name in meta[f"{split}_shards"]:
+      got = tarfile_members(tmp_path / "out" / name)
+      assert got == tarfile_members(os.path.join(tasks.SAMPLE_CORPUS_DIR, name)), name
+
+
+def tarfile_members(path):
+  import tarfile
+
+  with tarfile.open(path) as tar:
+    return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--input", "{tmp}/nothing/*.txt", "--tokenizer", "byte"], "ERROR: --input '{tmp}/nothing/*.txt' matches no"),
+    (["--input", "{tmp}/bad.jsonl", "--tokenizer", "byte"], "ERROR: {tmp}/bad.jsonl:2: not a JSON line"),
+    (["--input", "{tmp}/bad.jsonl", "--tokenizer", "{tmp}/missing.json"], "ERROR: --tokenizer {tmp}/missing.json: not"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "{tmp}/ok.txt"], "ERROR: --tokenizer {tmp}/ok.txt: not a tokenizer"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--n_ctx", "0"], "ERROR: --n_ctx 0: must be a positive"),
+    (["--input", "{tmp}/ok.txt"], "ERROR: give --tokenizer"),
+    (["--input", "{tmp}/ok.txt", "--train_tokenizer", "100"], "ERROR: --train_tokenizer 100: a byte-level BPE needs"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--validation_fraction", "1.5"], "--validation_fraction 1.5"),
+    (["--input", "{tmp}/ok.txt", "--tokenizer", "byte", "--dtype", "float32"], "ERROR: --dtype float32: not an integ"),
+  ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, args, message):
+  (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
+  (tmp_path / "ok.txt").write_text("some text\n")
+  argv = [a.format(tmp=tmp_path) for a in args] + ["--output_dir", str(tmp_path / "out"), "--quiet"]
+  from gpt_plugin import cli
+
+  assert cli.run_argparse(build_corpus.main, argv) == 2  # the runner's own entry: one ERROR line, exit 2
+  err = capsys.readouterr().err
+  assert message.format(tmp=tmp_path) in err and err.count("ERROR") == 1 and "Traceback" not in err
+  assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_chunks_are_sized_by_bytes_and_the_default_is_one_process_for_tokenizers():
+  from gpt_plugin.data import corpus_encode, corpus_tokenizer
+
+  texts = ["é" * 500] * 10 + ["x" * 5000] + ["ab"] * 3  # "é" is 2 bytes
+  ranges = corpus_encode.byte_chunks(texts, 2000)
+  assert ranges == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 11), (11, 14)]
+  hf = corpus_tokenizer.TokenizerSpec("hf", "x.json")
+  assert corpus_encode.default_num_workers(hf, 1 << 30) == 1
+  assert corpus_encode.default_num_workers(corpus_tokenizer.TokenizerSpec("byte"), 1 << 10) == 1

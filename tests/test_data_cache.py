@@ -1,4 +1,5 @@
-"""seqio's own cache job (Apache Beam, DirectRunner) on a tar-shard task, read back with use_cached."""
+"""seqio's own cache job (Apache Beam, DirectRunner) on a tar-shard task, read back with use_cached, and
+`gpt_plugin.train`'s gin run reading the cache through SEQIO_CACHE_DIRS."""
 
 import importlib.util
 import os
@@ -51,7 +52,7 @@ def test_seqio_cache_job_and_cached_reading(tmp_path):
   assert (cache / "cache_toy" / "stats.train.json").exists()
 
   sys.path.insert(0, str(tmp_path))
-  import cache_toy_tasks  # noqa: F401  (registers the same task in this process)
+  import cache_toy_tasks  # (registers the same task in this process)
 
   it = pipeline.get_dataset(
     "cache_toy",
@@ -79,3 +80,45 @@ def test_seqio_cache_job_and_cached_reading(tmp_path):
     b = next(resumed)
     for k in b:
       np.testing.assert_array_equal(b[k], first[j][k])
+
+  # gpt_plugin.train reads the cache through the SEQIO_CACHE_DIRS macro (seqio.add_global_cache_dirs), as the
+  # README shows. A fresh seqio cache-dir list and a freshly registered task (seqio remembers where it found a
+  # task's cache) before each run, so that only the macro can point seqio at the cache.
+  import importlib
+
+  import gin
+  import seqio
+
+  from gpt_plugin import gin_utils
+  from gpt_plugin.training import train_lib
+
+  def fresh_task():
+    seqio.set_global_cache_dirs([])
+    importlib.reload(cache_toy_tasks)
+
+  fresh_task()
+  bindings = [
+    f"MODEL_DIR = '{tmp_path / 'model'}'",
+    "MIXTURE_OR_TASK_NAME = 'cache_toy'",
+    "TASK_FEATURE_LENGTHS = {'targets': 32}",
+    "TRAIN_STEPS = 2",
+    "BATCH_SIZE = 2",
+    "WARMUP_STEPS = 1",
+    "EVAL_STEPS = 1",
+    "MESH_SHAPE = (1, 1, 1)",
+    "USE_CACHED_TASKS = True",
+    "VOCAB_SIZE = 512",
+  ]
+  gin_utils.parse_gin(["models/small.gin", "runs/pretrain.gin"], bindings + ["SEQIO_CACHE_DIRS = []"])
+  try:
+    with pytest.raises(Exception, match="cache"):  # no cache dir: seqio cannot find the cached task
+      train_lib.run_from_gin()
+  finally:
+    gin.clear_config()
+  fresh_task()
+  gin_utils.parse_gin(["models/small.gin", "runs/pretrain.gin"], bindings + [f"SEQIO_CACHE_DIRS = ['{cache}']"])
+  try:
+    res = train_lib.run_from_gin()
+  finally:
+    gin.clear_config()
+  assert res["step"] == 2 and all(np.isfinite(h["loss"]) for h in res["history"])

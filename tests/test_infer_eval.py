@@ -17,7 +17,8 @@ import pytest
 from gpt_plugin import generate, models, params_io
 from gpt_plugin.inference import eval_lib, infer_lib
 from gpt_plugin.network import GPTConfig, GPTDecoder
-from gpt_plugin.training import checkpointing, gin_flags, train_step
+from gpt_plugin import gin_utils
+from gpt_plugin.training import checkpointing, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,10 +227,10 @@ def test_gin_files_parse_and_bind(trained, tmp_path):
     "DECODER_PARAMS = {'temperature': 0.0}",
   ]
   try:
-    gin_flags.parse_gin(["models/gpt_common.gin", "runs/infer.gin"], bindings, finalize=False)
+    gin_utils.parse_gin(["models/gpt_common.gin", "runs/infer.gin"], bindings, finalize=False)
     path = gin.get_configurable(infer_lib.infer)(console=False)
     assert len(open(path).readlines()) == 2
-    gin_flags.parse_gin(
+    gin_utils.parse_gin(
       ["models/gpt_common.gin", "runs/eval.gin"],
       bindings[:7]
       + [
@@ -244,7 +245,7 @@ def test_gin_files_parse_and_bind(trained, tmp_path):
     res = gin.get_configurable(eval_lib.evaluate)(console=False)
     assert len(res["results"]) == 4
     for f in ("runs/infer_quickstart.gin", "runs/eval_quickstart.gin"):
-      gin_flags.parse_gin([f], [f"CHECKPOINT_PATH = '{tmp_path}'"], finalize=False)
+      gin_utils.parse_gin([f], [f"CHECKPOINT_PATH = '{tmp_path}'"], finalize=False)
   finally:
     gin.clear_config()
 

@@ -72,6 +72,14 @@ def test_alibi_slopes_power_of_two_and_twelve_heads():
   np.testing.assert_allclose(alibi.alibi_slopes(16)[:3], [2**-0.5, 2**-1.0, 2**-1.5], rtol=1e-6)
 
 
+def test_one_home_for_the_alibi_slopes_and_the_mask_value():
+  from gpt_plugin.kernels import blockwise_reference, common, flash_alibi, flash_alibi_tpu, triton_alibi
+
+  assert flash_alibi.alibi_slopes is alibi.alibi_slopes
+  for module in (attention, blockwise_reference, triton_alibi, flash_alibi_tpu):
+    assert module.MASK_VALUE is common.MASK_VALUE, module.__name__
+
+
 def numpy_alibi_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads, segment_ids=None):
   """Float64 reference: projections, scores/sqrt(d) - m_h (i - j), causal (+segment) mask, softmax."""
   x = x.astype(np.float64)

@@ -9,13 +9,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gpt_plugin import partitioning
-from gpt_plugin.training import gin_flags, optimizer
+from gpt_plugin import gin_utils
+from gpt_plugin.training import optimizer
 
-GIN_DIR = gin_flags.REPO_GIN_DIR
+GIN_DIR = gin_utils.REPO_GIN_DIR
 
 
 def _rules(name):
-  gin_flags.parse_gin([f"partitioning/{name}.gin"], finalize=False)
+  gin_utils.parse_gin([f"partitioning/{name}.gin"], finalize=False)
   try:
     return gin.get_configurable(partitioning.logical_axis_rules)()
   finally:
@@ -62,12 +63,12 @@ def test_gin_partitioning_rules(name, expected):
 def test_all_gin_files_parse():
   for kind in ("meshes", "partitioning"):
     for f in os.listdir(os.path.join(GIN_DIR, kind)):
-      gin_flags.parse_gin(["runs/pretrain.gin", f"{kind}/{f}"], finalize=False)
+      gin_utils.parse_gin(["runs/pretrain.gin", f"{kind}/{f}"], finalize=False)
       gin.clear_config()
 
 
 def test_rewrite_gin_args():
-  assert gin_flags.rewrite_gin_args(["prog", "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS", "5", "--gin_file=a"]) == [
+  assert gin_utils.rewrite_gin_args(["prog", "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS", "5", "--gin_file=a"]) == [
     "prog",
     "--gin_bindings=MODEL_DIR = '/tmp/x'",
     "--gin_bindings=TRAIN_STEPS = 5",
@@ -77,26 +78,26 @@ def test_rewrite_gin_args():
 
 def test_unknown_macro_is_named():
   with pytest.raises(ValueError, match="TRAIN_STEPZ"):
-    gin_flags.parse_gin(["runs/pretrain.gin"], ["TRAIN_STEPZ = 5"], finalize=False)
+    gin_utils.parse_gin(["runs/pretrain.gin"], ["TRAIN_STEPZ = 5"], finalize=False)
   gin.clear_config()
 
 
 def test_unknown_parameter_is_named():
   with pytest.raises(Exception, match="bogus_param"):
-    gin_flags.parse_gin(["runs/pretrain.gin"], ["train_lib.train.bogus_param = 5"], finalize=False)
+    gin_utils.parse_gin(["runs/pretrain.gin"], ["train_lib.train.bogus_param = 5"], finalize=False)
   gin.clear_config()
 
 
 def test_unknown_preset_is_named():
   with pytest.raises(FileNotFoundError, match="models/nosuch.gin.*Model presets"):
-    gin_flags.parse_gin(["models/nosuch.gin", "runs/pretrain.gin"], finalize=False)
+    gin_utils.parse_gin(["models/nosuch.gin", "runs/pretrain.gin"], finalize=False)
   gin.clear_config()
 
 
 def test_missing_required_macro_is_named():
   from gpt_plugin.training import train_lib
 
-  gin_flags.parse_gin(
+  gin_utils.parse_gin(
     ["runs/pretrain.gin"],
     ["MODEL = None", "TRAIN_STEPS = 3", "MIXTURE_OR_TASK_NAME = 'x'", "TASK_FEATURE_LENGTHS = {'targets': 8}"],
     finalize=False,
@@ -128,5 +129,5 @@ def test_run_presets_parse():
   for f in sorted(os.listdir(os.path.join(GIN_DIR, "runs"))):
     if f.startswith(("eval", "infer")):
       continue  # other runners' files
-    gin_flags.parse_gin([f"runs/{f}"], finalize=False)
+    gin_utils.parse_gin([f"runs/{f}"], finalize=False)
     gin.clear_config()

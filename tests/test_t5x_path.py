@@ -1,5 +1,6 @@
 """The real T5X path: our GPTDecoder inside t5x.models.DecoderOnlyModel, t5x.decoding vs gpt_plugin.decoding,
-`python -m t5x.train` / `t5x.infer` with gin/t5x/*.gin, and checkpoints crossing between the runners.
+`python -m t5x.train` / `t5x.infer` / `t5x.eval` with gin/t5x/*.gin (t5x.eval's loss, perplexity and bits per byte
+equal gpt_plugin.eval's on the same checkpoint and tokens), and checkpoints crossing between the runners.
 
 Skipped (with the reason) when t5x is not importable. To run: put the t5x, airio and jestimator sources on
 PYTHONPATH and install tensorboard grain fiddle cached_property jaxtyping (README.md, "The real T5X path").
@@ -28,6 +29,8 @@ except Exception as e:  # pylint: disable=broad-except
   pytest.skip(f"t5x is present but does not import: {e}", allow_module_level=True)
 
 from gpt_plugin import decoding, generate, models, params_io  # noqa: E402
+from gpt_plugin.data import sample_task  # noqa: E402
+from gpt_plugin.inference import eval_lib  # noqa: E402
 from gpt_plugin.inference import t5x_compat  # noqa: E402
 from gpt_plugin.network import GPTConfig, GPTDecoder  # noqa: E402
 
@@ -139,8 +142,48 @@ def _run(args, timeout=900):
   return res
 
 
-def test_t5x_train_infer_and_checkpoints_both_ways(tmp_path):
-  """python -m t5x.train / t5x.infer with gin/t5x, T5X checkpoint -> our loader, ours -> T5X infer."""
+def _check_t5x_eval_matches_ours(checkpoint, ours, tiny_arch, tmp_path):
+  """`python -m t5x.eval --gin_file=t5x/eval_quickstart.gin` reports the pydocs score metrics, and they equal
+  gpt_plugin.eval's (context 128, non-overlapping) on the same checkpoint and the same tokens: the validation
+  rows are 1024 tokens (8 windows of 128) except the last, whose partial window both leave out."""
+  length = 128
+  windows = eval_lib.token_stream_from_task("pydocs", "validation").size // length
+  out_dir = tmp_path / "t5x_eval"
+  _run(
+    [
+      "-m",
+      "t5x.eval",
+      f"--gin_search_paths={REPO}/gin",
+      "--gin_file=t5x/eval_quickstart.gin",
+      f"--gin.CHECKPOINT_PATH='{checkpoint}'",
+      f"--gin.EVAL_OUTPUT_DIR='{out_dir}'",
+      f"--gin.seqio.Evaluator.num_examples={windows}",
+    ]
+    + tiny_arch
+  )
+  lines = (out_dir / "inference_eval" / "pydocs-metrics.jsonl").read_text().splitlines()
+  t5x_metrics = json.loads(lines[-1])
+  assert t5x_metrics["num_tokens"] == windows * length
+  res = eval_lib.evaluate(
+    model=ours,
+    checkpoint_path=str(checkpoint),
+    train_length=length,
+    output_dir=str(tmp_path / "our_eval"),
+    mixture_or_task_name="pydocs",
+    context_lengths=[length],
+    modes=["nonoverlapping"],
+    max_eval_tokens=windows * length,
+    console=False,
+  )
+  (rec,) = res["results"]
+  assert rec["tokens"] == t5x_metrics["num_tokens"] and res["num_bytes"] == t5x_metrics["num_bytes"]
+  for key in ("loss", "perplexity", "bits_per_byte"):
+    np.testing.assert_allclose(t5x_metrics[key], rec[key], rtol=1e-5, err_msg=key)
+
+
+def test_t5x_train_infer_eval_and_checkpoints_both_ways(tmp_path):
+  """python -m t5x.train / t5x.infer / t5x.eval with gin/t5x, T5X checkpoint -> our loader and eval runner,
+  ours -> T5X infer."""
   tiny_arch = ["--gin.network.GPTConfig.emb_dim=32", "--gin.network.GPTConfig.num_layers=2"]
   model_dir = tmp_path / "t5x_model"
   _run(
@@ -150,8 +193,7 @@ def test_t5x_train_infer_and_checkpoints_both_ways(tmp_path):
       f"--gin_search_paths={REPO}/gin",
       "--gin_file=t5x/pretrain_quickstart.gin",
       f"--gin.MODEL_DIR='{model_dir}'",
-      "--gin.TRAIN_STEPS=4",
-      "--gin.WARMUP_STEPS=1",
+      "--gin.TRAIN_STEPS=4",  # < WARMUP_STEPS (30 in t5x/model.gin): the schedule clamps, no optax error
       "--gin.BATCH_SIZE=4",
       "--gin.TASK_FEATURE_LENGTHS={'targets': 32}",
       "--gin.CHECKPOINT_PERIOD=4",
@@ -176,11 +218,10 @@ def test_t5x_train_infer_and_checkpoints_both_ways(tmp_path):
     lines = open(tmp_path / out / "pydocs_prompts-predict.jsonl-00000-of-00001").readlines()
     assert lines and "prediction" in json.loads(lines[0])
   # T5X checkpoint -> our runners' loader.
-  import tasks  # pylint: disable=import-outside-toplevel
-
   module = GPTDecoder(GPTConfig(vocab_size=8192, emb_dim=32, num_heads=4, num_layers=2))
-  ours = models.DecoderOnlyLM(module, vocabulary=tasks.pydocs_vocabulary())
+  ours = models.DecoderOnlyLM(module, vocabulary=sample_task.pydocs_vocabulary())
   params = params_io.load_model_params(str(model_dir), ours)
+  _check_t5x_eval_matches_ours(model_dir / "checkpoint_4", ours, tiny_arch, tmp_path)
   # Ours -> T5X layout -> t5x.infer.
   step_dir = t5x_compat.to_t5x_checkpoint(str(model_dir / "checkpoint_4"), str(tmp_path / "roundtrip"), step=7)
   jax.tree.map(np.testing.assert_array_equal, params_io.load_model_params(step_dir, ours), params)

@@ -5,12 +5,13 @@ import os
 import gin
 import numpy as np
 
-from gpt_plugin.training import gin_flags, train_lib
+from gpt_plugin import gin_utils
+from gpt_plugin.training import train_lib
 
 
 def test_quickstart_runs_a_few_steps(tmp_path):
   md = tmp_path / "qs"
-  gin_flags.parse_gin(
+  gin_utils.parse_gin(
     ["runs/quickstart.gin"],
     [
       f"MODEL_DIR = '{md}'",

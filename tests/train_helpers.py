@@ -304,6 +304,13 @@ def run_train(
   cfg = train_lib.DatasetConfig(task, {"targets": length}, "train", batch_size)
   ev = train_lib.DatasetConfig(task, {"targets": length}, "validation", batch_size)
   devices = jax.devices()[:num_devices]
+  options = dict(  # defaults a test may override through kwargs
+    learning_rate_fn=optimizer.warmup_cosine_schedule(lr, 2, 40),
+    console=False,
+    write_summaries=False,
+    log_period=5,
+  )
+  options.update(kwargs)
   return train_lib.train(
     model=model or tiny_lm(),
     model_dir=str(model_dir),
@@ -311,7 +318,6 @@ def run_train(
     train_eval_dataset_cfg=ev,
     total_steps=steps,
     dataset_fn=dataset_fn or synthetic_dataset_fn(),
-    learning_rate_fn=optimizer.warmup_cosine_schedule(lr, 2, 40),
     num_microbatches=num_microbatches,
     mesh_fn=functools.partial(partitioning.create_mesh, mesh_shape, devices=devices),
     logical_axis_rules=partitioning.logical_axis_rules(list(param_rules)),
@@ -319,10 +325,7 @@ def run_train(
     eval_steps=2,
     checkpoint_period=checkpoint_period,
     stop_at_step=stop_at_step,
-    console=False,
-    write_summaries=False,
-    log_period=5,
-    **kwargs,
+    **options,
   )
 
 

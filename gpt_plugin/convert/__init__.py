@@ -13,28 +13,46 @@ Reading and writing params (OUT/params, MODEL_DIR and T5X checkpoints, .msgpack)
 live in `gpt_plugin.params_io` (shared with the inference runners); `load_params` / `save_params` are re-exported.
 """
 
-from gpt_plugin import params_io  # noqa: F401  (`from gpt_plugin.convert import params_io` keeps working)
-from gpt_plugin.convert.averaging import average_checkpoints, average_trees
-from gpt_plugin.convert.depth_expansion import depth_map, expand_depth, inverse_map
-from gpt_plugin.convert.littlegpt import (
-  LITTLEGPT_VOCAB_SIZE,
-  ConversionError,
-  check_params,
-  dequantize_8bit,
-  dequantize_blockwise,
-  from_torch,
-  infer_config,
-  to_torch,
-)
-from gpt_plugin.torch_archive import (
-  TorchFileCorruptError,
-  TorchFileError,
-  UnsafePickleError,
-  load_pth,
-  read_state_dict,
-  save_pth,
-)
-from gpt_plugin.params_io import load_params, save_params
+import importlib
+
+# Loaded on first use (PEP 562), so that `python -m gpt_plugin.convert --help` does not import jax.
+_EXPORTS = {
+  "params_io": ("gpt_plugin", "params_io"),  # `from gpt_plugin.convert import params_io` keeps working
+  "average_checkpoints": ("gpt_plugin.convert.averaging", None),
+  "average_trees": ("gpt_plugin.convert.averaging", None),
+  "depth_map": ("gpt_plugin.convert.depth_expansion", None),
+  "expand_depth": ("gpt_plugin.convert.depth_expansion", None),
+  "inverse_map": ("gpt_plugin.convert.depth_expansion", None),
+  **{
+    n: ("gpt_plugin.convert.littlegpt", None)
+    for n in (
+      "LITTLEGPT_VOCAB_SIZE",
+      "ConversionError",
+      "check_params",
+      "dequantize_8bit",
+      "dequantize_blockwise",
+      "from_torch",
+      "infer_config",
+      "to_torch",
+    )
+  },
+  **{
+    n: ("gpt_plugin.torch_archive", None)
+    for n in ("TorchFileCorruptError", "TorchFileError", "UnsafePickleError", "load_pth", "read_state_dict", "save_pth")
+  },
+  "load_params": ("gpt_plugin.params_io", None),
+  "save_params": ("gpt_plugin.params_io", None),
+}
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module, attr = _EXPORTS[name]
+  value = getattr(importlib.import_module(module), attr or name)
+  globals()[name] = value
+  return value
+
 
 __all__ = [
   "LITTLEGPT_VOCAB_SIZE",

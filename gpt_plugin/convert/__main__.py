@@ -7,7 +7,8 @@ r"""`python -m gpt_plugin.convert <command> ...`: weights in and out.
 
 The model comes from gin like the runners (`--gin_file=models/littlegpt_127m.gin`, `--gin_bindings`,
 `--gin.NAME=VALUE`); from-torch can also infer it from the checkpoint, and the other commands read it from
-OUT/convert_info.json when there is no --gin_file. Exit status 2 on a checkpoint / model mismatch.
+OUT/convert_info.json when there is no --gin_file. User errors (bad gin, a checkpoint / model mismatch, a missing
+file) print one `ERROR:` line and exit 2; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _config_from_gin(args):
-  from gpt_plugin.training import gin_flags  # pylint: disable=import-outside-toplevel
+  from gpt_plugin import gin_utils  # pylint: disable=import-outside-toplevel
   import gin  # pylint: disable=import-outside-toplevel
 
-  gin_flags.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()
   return model.module.config
 
@@ -185,6 +186,7 @@ def _add_gin(p, scan=True):
   p.add_argument("--gin_file", action="append", default=[], help="model gin file(s), e.g. models/littlegpt_127m.gin")
   p.add_argument("--gin_bindings", action="append", default=[], help="gin binding(s) applied after the files")
   p.add_argument("--gin_search_paths", type=lambda s: s.split(","), default=["."])
+  p.add_argument("--verbose", action="store_true", help="full traceback on errors (or GPT_PLUGIN_VERBOSE=1)")
   if scan:
     p.add_argument(
       "--scan_layers",
@@ -203,8 +205,13 @@ def _add_gin(p, scan=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from gpt_plugin import cli  # pylint: disable=import-outside-toplevel
+
   parser = argparse.ArgumentParser(
-    prog="python -m gpt_plugin.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog="python -m gpt_plugin.convert",
+    description=__doc__,
+    epilog="Each command's gin flags: python -m gpt_plugin.convert COMMAND --help\n\n" + cli.gin_folders_text(),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   sub = parser.add_subparsers(dest="command", required=True)
 
@@ -265,20 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  from gpt_plugin.training.gin_flags import rewrite_gin_args  # pylint: disable=import-outside-toplevel
+def _main(argv) -> int:
+  from gpt_plugin.gin_utils import rewrite_gin_args  # pylint: disable=import-outside-toplevel
 
   args = build_parser().parse_args(rewrite_gin_args(argv))
-  from gpt_plugin.convert.littlegpt import ConversionError  # pylint: disable=import-outside-toplevel
-  from gpt_plugin.torch_archive import TorchFileError  # pylint: disable=import-outside-toplevel
-
-  try:
-    args.fn(args)
-  except (ConversionError, TorchFileError, FileNotFoundError, ValueError) as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    return 2
+  args.fn(args)
   return 0
+
+
+def main(argv=None) -> int:
+  """Exit status: 0, or 2 after one `ERROR:` line for a user error (gpt_plugin.cli)."""
+  from gpt_plugin import cli  # pylint: disable=import-outside-toplevel
+
+  return cli.run_argparse(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""Corpus builder: text files / JSONL -> tokenised, packed webdataset tar shards.
+r"""Corpus builder: text files / JSONL -> tokenised, packed webdataset tar shards, plus a gin file to train on them.
 
     python -m gpt_plugin.data.build_corpus \
         --input 'docs/**/*.txt' data.jsonl --output_dir /data/mycorpus --name mycorpus \
@@ -6,187 +6,47 @@ r"""Corpus builder: text files / JSONL -> tokenised, packed webdataset tar shard
 
 Steps (mirroring the original project's CLMDataset, see README.md, "Data"):
 
-1. read documents: every text file is one document; every JSONL line is one
-   document (``--jsonl_field``, default ``text``); directories are walked;
+1. read documents (progress bar over files): every text file is one document; every JSONL line is one document
+   (``--jsonl_field``, default ``text``); directories are walked;
 2. optional cleaning (``--clean basic`` or ``--clean gpt1``; default none, lossless);
-3. split train/validation *by document* with a seeded permutation, then shuffle the
-   documents of each split (seeded; ``--no_shuffle_docs`` keeps input order);
-4. tokenise (``--tokenizer`` file/dir/``byte``, or ``--train_tokenizer N`` to train
-   a byte-level BPE of N tokens on the train split: ``<pad>``=0, ``<|endoftext|>``=1)
-   with a multiprocessing pool (``--num_workers``), appending one EOS per document;
-5. pack the token stream into rows of ``n_ctx`` (the last partial row is kept unless
+3. split train/validation across the corpus (``--split_by``: a seeded sample of documents, or the last
+   ``--validation_fraction`` of every document; ``auto`` picks), then shuffle each split's documents (seeded;
+   ``--no_shuffle_docs`` keeps input order);
+4. tokenise (``--tokenizer`` file/dir/``byte``, or ``--train_tokenizer N`` to train a byte-level BPE of N tokens
+   on the train split: ``<pad>``=0, ``<|endoftext|>``=1) with `tokenizers` / `sentencepiece` directly (no
+   TensorFlow), in chunks of about equal bytes, appending one EOS per document; prints tokens/s at the end;
+5. pack the token stream into rows of ``n_ctx`` (progress bar over rows; the last partial row is kept unless
    ``--drop_remainder``); no padding, documents are separated by EOS only;
-6. write ``{name}_{split}-%06d.tar[.gz]`` shards (``sample_<i>.npy``, or
-   ``sample_<i>.input_id.pth`` with ``--format pth``) rolling over at
-   ``--max_samples_per_shard`` / ``--max_shard_bytes``, an index file per split and
-   ``metadata.json`` (corpus, tokenizer, n_ctx, sample/token/document counts, shards).
+6. write ``{name}_{split}-%06d.tar[.gz]`` shards (``sample_<i>.npy``, or ``sample_<i>.input_id.pth`` with
+   ``--format pth``) rolling over at ``--max_samples_per_shard`` / ``--max_shard_bytes``, an index file per split,
+   ``tokenizer.json`` (or ``tokenizer.model``), ``metadata.json`` (tokenizer hash, which input file went to which
+   split, sample/token/document counts, shards) and ``{name}.gin`` (the task and its vocabulary, for
+   ``--gin_file=runs/quickstart.gin --gin_file=OUT/NAME.gin``).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import gzip
 import io
+import itertools
 import json
-import multiprocessing as mp
 import os
-import re
-import shutil
 import sys
 import tarfile
-import unicodedata
-from typing import Iterable, Iterator, Optional, Sequence
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from gpt_plugin.data import pth_reader
-
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".rst.txt")
-PAD, EOS = "<pad>", "<|endoftext|>"
-
-
-# ------------------------------------------------------------------------ reading
-def iter_input_files(inputs: Sequence[str]) -> list[str]:
-  files: list[str] = []
-  for spec in inputs:
-    if os.path.isdir(spec):
-      for root, _dirs, names in sorted(os.walk(spec)):
-        for n in sorted(names):
-          if n.endswith(TEXT_SUFFIXES + (".jsonl", ".json")):
-            files.append(os.path.join(root, n))
-    else:
-      matched = sorted(glob.glob(spec, recursive=True))
-      if not matched:
-        raise FileNotFoundError(f"input {spec!r} matches no files")
-      files.extend(m for m in matched if os.path.isfile(m))
-  if not files:
-    raise FileNotFoundError(f"no input files in {list(inputs)}")
-  return files
+from gpt_plugin import errors
+from gpt_plugin.data import corpus_encode, corpus_gin, corpus_input, corpus_split, corpus_tokenizer, pth_reader
+from gpt_plugin.data.corpus_input import CLEANERS, clean_basic, clean_gpt1, iter_input_files, read_documents  # noqa: F401
+from gpt_plugin.data.corpus_split import split_documents  # noqa: F401
+from gpt_plugin.data.corpus_tokenizer import EOS, PAD, train_bpe_tokenizer  # noqa: F401
 
 
-def read_documents(files: Sequence[str], jsonl_field: str = "text") -> list[str]:
-  docs: list[str] = []
-  for path in files:
-    opener = gzip.open if path.endswith(".gz") else open
-    name = path[:-3] if path.endswith(".gz") else path
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-      if name.endswith((".jsonl", ".json")):
-        for lineno, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          obj = json.loads(line)
-          if isinstance(obj, str):
-            docs.append(obj)
-          elif isinstance(obj, dict) and isinstance(obj.get(jsonl_field), str):
-            docs.append(obj[jsonl_field])
-          else:
-            raise ValueError(f"{path}:{lineno}: no string field {jsonl_field!r}")
-      else:
-        docs.append(f.read())
-  return docs
-
-
-# ----------------------------------------------------------------------- cleaning
-def clean_basic(text: str) -> str:
-  """NFC, \\r\\n -> \\n, trailing spaces removed, >2 blank lines collapsed, stripped."""
-  text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-  text = "\n".join(line.rstrip() for line in text.split("\n"))
-  text = re.sub(r"\n{3,}", "\n\n", text)
-  return text.strip()
-
-
-def clean_gpt1(text: str) -> str:
-  """The original project's cleaning: ftfy (if installed) + GPT-1 ``text_standardize``."""
-  try:
-    import ftfy
-
-    text = ftfy.fix_text(text)
-  except ImportError:
-    pass
-  text = text.replace("—", "-").replace("–", "-").replace("―", "-")
-  text = text.replace("…", "...").replace("´", "'")
-  text = re.sub(r"""(-+|~+|!+|"+|;+|\?+|\++|,+|\)+|\(+|\\+|\/+|\*+|\[+|\]+|}+|{+|\|+|_+)""", r" \1 ", text)
-  text = re.sub(r"\s*\n\s*", " \n ", text)
-  text = re.sub(r"[^\S\n]+", " ", text)
-  return text.strip()
-
-
-CLEANERS = {"none": None, "basic": clean_basic, "gpt1": clean_gpt1}
-
-
-# ---------------------------------------------------------------------- tokenising
-def train_bpe_tokenizer(docs: Iterable[str], vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False):
-  """Byte-level BPE (GPT-2 style pre-tokenisation) with ``<pad>``=0, ``<|endoftext|>``=1."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-    vocab_size=vocab_size,
-    min_frequency=min_frequency,
-    special_tokens=[PAD, EOS],
-    show_progress=show_progress,
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-  )
-  tok.train_from_iterator(docs, trainer=trainer)
-  return tok
-
-
-_WORKER_VOCAB = None
-
-
-def _init_worker(vocab_spec):
-  global _WORKER_VOCAB
-  os.environ["TOKENIZERS_PARALLELISM"] = "false"
-  from gpt_plugin.data import vocabularies
-
-  _WORKER_VOCAB = vocabularies.get_vocabulary(vocab_spec)
-
-
-def _encode_chunk(docs: Sequence[str]) -> list[np.ndarray]:
-  vocab = _WORKER_VOCAB
-  if hasattr(vocab, "encode_batch"):
-    ids = vocab.encode_batch(docs)
-  else:
-    ids = [vocab.encode(d) for d in docs]
-  return [np.asarray(x, dtype=np.int32) for x in ids]
-
-
-def encode_documents(
-  docs: Sequence[str],
-  vocab_spec,
-  *,
-  num_workers: int = 1,
-  chunk: int = 64,
-  desc: str = "tokenise",
-  progress: bool = True,
-) -> Iterator[np.ndarray]:
-  """Yields token arrays in document order (no EOS)."""
-  from tqdm import tqdm
-
-  chunks = [docs[i : i + chunk] for i in range(0, len(docs), chunk)]
-  bar = tqdm(total=len(docs), desc=desc, unit="doc", disable=not progress)
-  if num_workers <= 1:
-    _init_worker(vocab_spec)
-    results = map(_encode_chunk, chunks)
-    pool = None
-  else:
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(vocab_spec,))
-    results = pool.imap(_encode_chunk, chunks)
-  try:
-    for c, res in zip(chunks, results):
-      bar.update(len(c))
-      yield from res
-  finally:
-    bar.close()
-    if pool is not None:
-      pool.close()
-      pool.join()
-
-
+# ------------------------------------------------------------------------ packing
 def pack_rows(
   token_docs: Iterable[np.ndarray], n_ctx: int, eos_id: int, *, drop_remainder: bool = False
 ) -> Iterator[np.ndarray]:
@@ -265,72 +125,120 @@ def encode_member(ids: np.ndarray, fmt: str, dtype) -> tuple[str, bytes]:
   return "npy", b.getvalue()
 
 
-# --------------------------------------------------------------------------- main
-def split_documents(
-  n_docs: int, *, validation_fraction: float, validation_docs: Optional[int], seed: int, shuffle_docs: bool
-) -> tuple[list[int], list[int]]:
-  rng = np.random.default_rng(seed)
-  perm = rng.permutation(n_docs)
-  n_val = validation_docs if validation_docs is not None else int(round(n_docs * validation_fraction))
-  n_val = min(max(n_val, 0), max(n_docs - 1, 0))
-  val, train = perm[:n_val], perm[n_val:]
-  if not shuffle_docs:
-    val, train = np.sort(val), np.sort(train)
-  return train.tolist(), val.tolist()
+# ------------------------------------------------------------------------ building
+def _check_args(args) -> None:
+  if args.n_ctx <= 0:
+    raise errors.UserError(f"--n_ctx {args.n_ctx}: must be a positive number of tokens per row")
+  corpus_tokenizer.check_tokenizer_args(args.tokenizer, args.train_tokenizer)
+  _token_dtype(args.dtype)
+  if not args.name or not args.name.replace("_", "").replace("-", "").isalnum():
+    raise errors.UserError(f"--name {args.name!r}: use letters, digits, '_' and '-' (it names the shards and task)")
 
 
-def build(args) -> dict:
-  from gpt_plugin.data import vocabularies
-
-  os.makedirs(args.output_dir, exist_ok=True)
-  files = iter_input_files(args.input)
-  docs = read_documents(files, args.jsonl_field)
-  raw_bytes = sum(len(d.encode("utf-8")) for d in docs)
+def _read_split(args) -> tuple[corpus_input.Documents, corpus_split.Split, int]:
+  docs = read_documents(iter_input_files(args.input), args.jsonl_field, progress=not args.quiet)
+  raw_bytes = sum(len(d.encode("utf-8")) for d in docs.texts)
   cleaner = CLEANERS[args.clean]
-  if cleaner is not None:
-    docs = [cleaner(d) for d in docs]
-  n_in = len(docs)
-  docs = [d for d in docs if d.strip()] if args.drop_empty else docs
-  train_idx, val_idx = split_documents(
-    len(docs),
+  texts = [cleaner(d) for d in docs.texts] if cleaner is not None else docs.texts
+  keep = [i for i, t in enumerate(texts) if t.strip()] if args.drop_empty else range(len(texts))
+  if not keep:
+    raise corpus_input.CorpusInputError(f"--input {' '.join(args.input)}: every document is empty")
+  split = corpus_split.split_corpus(
+    [texts[i] for i in keep],
+    [docs.file_of[i] for i in keep],
+    mode=args.split_by,
     validation_fraction=args.validation_fraction,
     validation_docs=args.validation_docs,
     seed=args.seed,
     shuffle_docs=not args.no_shuffle_docs,
   )
-  splits = {"train": [docs[i] for i in train_idx], "validation": [docs[i] for i in val_idx]}
+  return docs, split, raw_bytes
 
-  # tokenizer
-  tok_path = os.path.join(args.output_dir, "tokenizer.json")
-  if args.train_tokenizer:
-    tok = train_bpe_tokenizer(
-      splits["train"], args.train_tokenizer, min_frequency=args.tokenizer_min_frequency, show_progress=not args.quiet
-    )
-    tok.save(tok_path)
-    vocab_spec, tokenizer_desc = (
-      tok_path,
-      {"type": "byte-level BPE (tokenizers)", "file": "tokenizer.json", "trained_on": "train split"},
-    )
-  elif args.tokenizer:
-    vocab_spec = args.tokenizer
-    if args.tokenizer.endswith(".json") and os.path.abspath(args.tokenizer) != os.path.abspath(tok_path):
-      shutil.copyfile(args.tokenizer, tok_path)
-      vocab_spec = tok_path
-    tokenizer_desc = {"type": "given", "source": args.tokenizer}
-  else:
-    raise SystemExit("give --tokenizer or --train_tokenizer")
-  vocab = vocabularies.get_vocabulary(vocab_spec)
-  eos_id = vocab.eos_id
-  if eos_id is None:
-    raise SystemExit("the tokenizer has no EOS token")
-  vocab_size = int(vocab.vocab_size)
-  dtype = (
-    np.uint16
-    if (args.dtype == "auto" and vocab_size <= 65536)
-    else (np.int32 if args.dtype == "auto" else np.dtype(args.dtype))
+
+def _write_split_shards(args, split: str, token_docs: Iterable[np.ndarray], eos_id: int, dtype, bar) -> dict:
+  suffix = ".tar.gz" if not args.no_compress else ".tar"
+  pattern = os.path.join(args.output_dir, f"{args.name}_{split}-%06d{suffix}")
+  n_samples = n_tokens = 0
+  with ShardWriter(
+    pattern, max_samples=args.max_samples_per_shard, max_bytes=args.max_shard_bytes, compress=not args.no_compress
+  ) as w:
+    for row in pack_rows(token_docs, args.n_ctx, eos_id, drop_remainder=args.drop_remainder):
+      ext, data = encode_member(row, args.format, dtype)
+      w.write(f"sample_{n_samples}", {ext: data})
+      n_samples += 1
+      n_tokens += row.size
+      bar.update(1)
+  names = [os.path.basename(p) for p in w.paths]
+  index = f"{args.name}_{split}.index"
+  with open(os.path.join(args.output_dir, index), "w") as f:
+    f.write("".join(n + "\n" for n in names))
+  return {
+    f"num_{split}_samples": n_samples,
+    f"num_{split}_tokens": n_tokens,
+    f"{split}_shards": names,
+    f"{split}_index": index,
+  }
+
+
+def _tokenise_and_write(args, split: corpus_split.Split, spec: corpus_tokenizer.TokenizerSpec, dtype) -> dict:
+  """Tokenises every split through one stream (one pool), packs and writes; prints the stage's tokens/s."""
+  from tqdm import tqdm
+
+  texts = {k: v for k, v in split.texts.items() if v}
+  total_chars = sum(len(t) for v in texts.values() for t in v)
+  workers = args.num_workers or corpus_encode.default_num_workers(spec, total_chars)
+  t0 = time.perf_counter()
+  stream = corpus_encode.encode_splits(texts, spec, num_workers=workers)
+  out = {}
+  for name, chunks in itertools.groupby(stream, key=lambda item: item[0]):
+    token_docs = (ids for _, chunk in chunks for ids in chunk)
+    with tqdm(desc=f"tokenise+pack {name}", unit="row", disable=args.quiet) as bar:
+      out.update(_write_split_shards(args, name, token_docs, spec.eos_id, dtype, bar))
+    out[f"num_{name}_documents"] = len(texts[name])
+  seconds = time.perf_counter() - t0
+  tokens = sum(out[f"num_{k}_tokens"] for k in texts)
+  print(
+    f"tokenised {tokens} tokens ({total_chars / 1e6:.2f}M characters) in {seconds:.2f} s: "
+    f"{tokens / max(seconds, 1e-9) / 1e3:.1f}k tokens/s ({workers} process{'es' if workers > 1 else ''})",
+    file=sys.stderr,
+    flush=True,
   )
-  tokenizer_desc.update(vocab_size=vocab_size, eos_id=int(eos_id), pad_id=0)
+  return out
 
+
+def _token_dtype(name: str, vocab_size: int = 1):
+  if name == "auto":
+    return np.uint16 if vocab_size <= 65536 else np.int32
+  try:
+    dtype = np.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.kind not in "iu" or np.iinfo(dtype).max < vocab_size - 1:
+    raise errors.UserError(f"--dtype {name}: not an integer type that holds ids up to {vocab_size - 1}")
+  return dtype
+
+
+def build(args) -> dict:
+  """Builds the corpus described by `args` (see `parse_args`) and returns its metadata.json contents."""
+  _check_args(args)
+  docs, split, raw_bytes = _read_split(args)
+  os.makedirs(args.output_dir, exist_ok=True)
+  spec, tokenizer_desc = corpus_tokenizer.prepare_tokenizer(
+    args.tokenizer,
+    args.output_dir,
+    train_docs=split.texts["train"],
+    train_size=args.train_tokenizer,
+    min_frequency=args.tokenizer_min_frequency,
+    show_progress=not args.quiet,
+  )
+  dtype = _token_dtype(args.dtype, spec.vocab_size)
+  tokenizer_desc.update(
+    vocab_size=spec.vocab_size,
+    padded_vocab_size=corpus_gin.padded_vocab_size(spec.vocab_size),
+    eos_id=spec.eos_id,
+    pad_id=0,
+    sha256=spec.sha256(),
+  )
   meta = {
     "corpus": args.name,
     "tokenizer": tokenizer_desc,
@@ -339,40 +247,21 @@ def build(args) -> dict:
     "dtype": np.dtype(dtype).name if args.format == "npy" else "int32",
     "seed": args.seed,
     "clean": args.clean,
+    "split": {
+      "by": split.mode,
+      "validation_fraction": args.validation_fraction,
+      "validation_docs": args.validation_docs,
+    },
     "raw_text_bytes": raw_bytes,
-    "input_documents": n_in,
+    "input_documents": len(docs.texts),
     "builder": "python -m gpt_plugin.data.build_corpus",
   }
-  suffix = ".tar.gz" if not args.no_compress else ".tar"
-  for split, split_docs in splits.items():
-    if not split_docs:
-      continue
-    pattern = os.path.join(args.output_dir, f"{args.name}_{split}-%06d{suffix}")
-    n_samples = n_tokens = 0
-    token_docs = encode_documents(
-      split_docs, vocab_spec, num_workers=args.num_workers, desc=split, progress=not args.quiet
-    )
-    with ShardWriter(
-      pattern, max_samples=args.max_samples_per_shard, max_bytes=args.max_shard_bytes, compress=not args.no_compress
-    ) as w:
-      for row in pack_rows(token_docs, args.n_ctx, eos_id, drop_remainder=args.drop_remainder):
-        ext, data = encode_member(row, args.format, dtype)
-        w.write(f"sample_{n_samples}", {ext: data})
-        n_samples += 1
-        n_tokens += row.size
-    names = [os.path.basename(p) for p in w.paths]
-    index = os.path.join(args.output_dir, f"{args.name}_{split}.index")
-    with open(index, "w") as f:
-      f.write("".join(n + "\n" for n in names))
-    meta.update(
-      {
-        f"num_{split}_samples": n_samples,
-        f"num_{split}_tokens": n_tokens,
-        f"num_{split}_documents": len(split_docs),
-        f"{split}_shards": names,
-        f"{split}_index": os.path.basename(index),
-      }
-    )
+  meta.update(_tokenise_and_write(args, split, spec, dtype))
+  index_files = {k: meta.get(f"{k}_index") for k in ("train", "validation")}
+  meta["gin"] = os.path.basename(
+    corpus_gin.write_corpus_gin(args.name, args.output_dir, spec, index_files, args.format)
+  )
+  meta["inputs"] = corpus_split.file_table(split, docs.files)
   with open(os.path.join(args.output_dir, "metadata.json"), "w") as f:
     json.dump(meta, f, indent=2)
     f.write("\n")
@@ -387,7 +276,7 @@ def parse_args(argv=None):
   )
   p.add_argument("--input", nargs="+", required=True, help="text files, JSONL files, directories or globs")
   p.add_argument("--output_dir", required=True)
-  p.add_argument("--name", default="corpus", help="corpus name (shard prefix, metadata 'corpus')")
+  p.add_argument("--name", default="corpus", help="corpus name (shard prefix, task name, NAME.gin)")
   p.add_argument("--jsonl_field", default="text")
   p.add_argument("--clean", choices=sorted(CLEANERS), default="none")
   p.add_argument("--drop_empty", action=argparse.BooleanOptionalAction, default=True)
@@ -400,8 +289,15 @@ def parse_args(argv=None):
   )
   p.add_argument("--tokenizer_min_frequency", type=int, default=2)
   p.add_argument("--n_ctx", type=int, default=1024)
+  p.add_argument(
+    "--split_by",
+    choices=corpus_split.SPLIT_MODES,
+    default="auto",
+    help="validation = a seeded sample of documents ('document'), or the last --validation_fraction of every "
+    f"document ('within'); 'auto': 'document' when that gives >= {corpus_split.MIN_VALIDATION_DOCS} documents",
+  )
   p.add_argument("--validation_fraction", type=float, default=0.05)
-  p.add_argument("--validation_docs", type=int, default=None)
+  p.add_argument("--validation_docs", type=int, default=None, help="this many whole documents (--split_by document)")
   p.add_argument("--seed", type=int, default=1996)
   p.add_argument("--no_shuffle_docs", action="store_true")
   p.add_argument("--drop_remainder", action="store_true", help="drop the last partial row of each split")
@@ -410,18 +306,31 @@ def parse_args(argv=None):
   p.add_argument("--no_compress", action="store_true", help="write .tar instead of .tar.gz")
   p.add_argument("--max_samples_per_shard", type=int, default=100_000)
   p.add_argument("--max_shard_bytes", type=float, default=1e9)
-  p.add_argument("--num_workers", type=int, default=max(1, min(8, (os.cpu_count() or 1))))
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument(
+    "--num_workers",
+    type=int,
+    default=0,
+    help="tokenising processes; 0 (default): this process for tokenizers' tokenizers (their own thread pool uses "
+    "every core) and small corpora, else one per core up to 8",
+  )
+  p.add_argument("--quiet", action="store_true", help="no progress bars")
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  meta = build(args)
-  summary = {k: v for k, v in meta.items() if not k.endswith("_shards")}
+  meta = build(args)  # a UserError becomes one ERROR line and exit 2 in cli.run_argparse
+  summary = {k: v for k, v in meta.items() if not k.endswith("_shards") and k != "inputs"}
   print(json.dumps(summary, indent=2))
+  gin_path = os.path.join(os.path.abspath(args.output_dir), meta["gin"])
+  print(
+    f"train on it: python -m gpt_plugin.train --gin_file=runs/quickstart.gin --gin_file={gin_path} "
+    f'--gin.MODEL_DIR=\\"/tmp/{args.name}_model\\"'
+  )
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from gpt_plugin import cli  # user errors: one ERROR line, exit 2 (--verbose: traceback)
+
+  sys.exit(cli.run_argparse(main))

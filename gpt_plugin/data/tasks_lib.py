@@ -232,6 +232,7 @@ def register_tar_shard_task(
   overwrite: bool = True,
   extra_splits: Optional[Mapping[str, Any]] = None,
   metrics_fns=(),
+  postprocess_fn=None,
   bad_samples: Optional[str] = None,
 ) -> seqio.Task:
   """Registers a seqio Task named ``name`` over tar shards and returns it.
@@ -280,6 +281,7 @@ def register_tar_shard_task(
     preprocessors=preprocessors,
     shuffle_buffer_size=None,
     metric_fns=list(metrics_fns),
+    postprocess_fn=postprocess_fn,
   )
 
 

@@ -33,7 +33,7 @@ from gpt_plugin import params_io
 
 def token_stream_from_task(name: str, split: str = "validation", max_tokens: Optional[int] = None) -> np.ndarray:
   import seqio  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from gpt_plugin.data import sample_task  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
   provider = seqio.get_mixture_or_task(name)
   ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)

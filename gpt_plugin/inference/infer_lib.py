@@ -86,7 +86,7 @@ def prompts_from_task(
 ) -> Iterator[Prompt]:
   """Prompts from a seqio task: its `inputs` feature, or the first `inputs`-length tokens of `targets`."""
   import seqio  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from gpt_plugin.data import sample_task  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
   provider = seqio.get_mixture_or_task(name)
   in_len = int(feature_lengths.get("inputs", 0) or 0)

@@ -50,6 +50,6 @@ def register_prompt_task(name: str, lm_task: str, overwrite: bool = True) -> seq
   )
 
 
-import tasks  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import  (registers pydocs)
+from gpt_plugin.data import sample_task  # noqa: E402  pylint: disable=g-import-not-at-top  (registers pydocs)
 
-register_prompt_task("pydocs_prompts", "pydocs")
+register_prompt_task("pydocs_prompts", sample_task.PYDOCS_TASK)

@@ -8,7 +8,8 @@ r"""Checkpoints across the two runners.
   ... param_states" and serves the params) and `t5x.train` can fine-tune from
   (`utils.RestoreCheckpointConfig.mode = 'specific'`, `restore_dataset = False`, `strict = False`).
 
-  python -m gpt_plugin.inference.t5x_compat --checkpoint_path=/tmp/quickstart --output_dir=/tmp/quickstart_t5x
+  python -m gpt_plugin.inference.t5x_compat --checkpoint_path=/tmp/gpt_plugin_quickstart \
+    --output_dir=/tmp/gpt_plugin_quickstart_t5x
 No t5x import is needed for either direction.
 """
 

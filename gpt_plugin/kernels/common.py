@@ -1,9 +1,11 @@
-"""What the Triton (GPU) and Mosaic (TPU) flash-ALiBi kernels share: input checks, the masking constant, the
-score scale, and the packed-segment block ranges that let both skip tiles with no same-document pair."""
+"""What the Triton (GPU) and Mosaic (TPU) flash-ALiBi kernels share: input checks, the masking constant (also the
+XLA attention's in `layers/attention.py`), the score scale, warn-once, and the packed-segment block ranges that let
+both skip tiles with no same-document pair."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,17 @@ from jax import lax
 # Finite "minus infinity": masked scores become exactly 0 after exp/exp2 without ever producing inf - inf = NaN in
 # the online-softmax rescaling.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+WARNED_KEYS: set = set()  # keys `warn_once` has warned about in this process
+
+
+def warn_once(key: str, msg: str, stacklevel: int = 4):
+  """`warnings.warn(msg)` the first time `key` is seen (stacklevel 4: the caller of the public function that
+  called the helper that called this)."""
+  if key not in WARNED_KEYS:
+    WARNED_KEYS.add(key)
+    warnings.warn(msg, stacklevel=stacklevel)
 
 
 def round_up(x: int, m: int) -> int:

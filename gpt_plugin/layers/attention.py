@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import partitioning as nn_partitioning
 
+from gpt_plugin.kernels.common import MASK_VALUE
 from gpt_plugin.layers.alibi import alibi_bias, alibi_slopes
 from gpt_plugin.layers.dense import Dense
 
 ATTENTION_IMPLS = ("xla", "cudnn", "flash_alibi")
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def causal_segment_mask(q_len: int, k_len: int, segment_ids: Optional[jax.Array] = None):
@@ -39,7 +39,7 @@ def xla_attention(q, k, v, *, slopes, mask, q_positions, k_positions, dropout_rn
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if slopes is not None:
     scores = scores + alibi_bias(slopes, q_positions, k_positions)
-  scores = jnp.where(mask, scores, _MASK_VALUE)
+  scores = jnp.where(mask, scores, MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)

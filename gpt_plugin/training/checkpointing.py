@@ -1,15 +1,17 @@
-"""Orbax checkpoints: train state + per-process data-iterator position (JSON) + model info, async, keep-N.
+"""Orbax checkpoints of a training run: train state + per-process data-iterator position (JSON) + model info, async,
+keep-N, restored with a fallback to the newest checkpoint that restores.
 
-Layout: `MODEL_DIR/checkpoint_<step>/{state/, data/process_<i>.json, meta/}` (T5X-style names). Orbax writes into a temporary
-directory and renames it when every item is committed, so a save interrupted by `kill -9` never looks complete
-(the leftover temporary directory is ignored and cleaned up on the next start).
+The folder layout (names, step pattern, metadata files, the params-only export) is owned by
+`gpt_plugin.training.checkpoint_layout`. Orbax writes into a temporary directory and renames it when every item is
+committed, so a save interrupted by `kill -9` never looks complete (the leftover temporary directory is ignored and
+cleaned up on the next start).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 from etils import epath
@@ -17,33 +19,38 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gpt_plugin import errors
 from gpt_plugin import params_io
+from gpt_plugin.training import checkpoint_layout as layout
+
+export_params = layout.export_params  # the params-only export lives with the layout
 
 
-class ShapeMismatchError(params_io.ParamsMismatchError):
+class ShapeMismatchError(params_io.ParamsMismatchError, errors.UserError):
   """MODEL_DIR holds a checkpoint of a model with different parameter shapes."""
+
+
+class NoRestorableCheckpointError(errors.UserError):
+  """Every checkpoint in MODEL_DIR failed to restore (the message names each one and why)."""
 
 
 class ProcessJsonHandler(ocp.JsonCheckpointHandler):
   """Like JsonCheckpointHandler but every process writes (and reads back) its own file.
 
   The data-iterator position differs per process (each reads its own shards), so it can't be a single file.
+  A file that is not valid JSON raises (the checkpoint then counts as broken and an older one is restored).
   """
 
   def __init__(self):
-    super().__init__(filename="process_0.json")
-
-  @staticmethod
-  def _name(index: int) -> str:
-    return f"process_{index}.json"
+    super().__init__(filename=layout.data_file_name(0))
 
   async def _save_fn(self, x, directory):
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / self._name(jax.process_index())).write_text(json.dumps(x))
+    (directory / layout.data_file_name(jax.process_index())).write_text(json.dumps(x))
 
   def restore(self, directory, item=None, args=None):
-    path = epath.Path(directory) / self._name(jax.process_index())
+    path = epath.Path(directory) / layout.data_file_name(jax.process_index())
     if not path.exists():
       logging.warning("No data-iterator state for process %d in %s", jax.process_index(), directory)
       return None
@@ -83,17 +90,18 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
       save_interval_steps=1,
-      step_prefix="checkpoint",
+      step_prefix=layout.STEP_PREFIX,
     )
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=options,
       item_handlers={
-        "state": ocp.StandardCheckpointHandler(),
-        "data": ProcessJsonHandler(),
-        "meta": ocp.JsonCheckpointHandler(),
+        layout.STATE_ITEM: ocp.StandardCheckpointHandler(),
+        layout.DATA_ITEM: ProcessJsonHandler(),
+        layout.META_ITEM: ocp.JsonCheckpointHandler(),
       },
     )
+    self._closed = False
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -103,35 +111,33 @@ class Checkpointer:
 
   def read_meta(self, step: Optional[int] = None) -> Optional[dict]:
     step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    path = self.directory / f"checkpoint_{step}" / "meta" / "metadata"
-    if not path.exists():
-      return None
-    return json.loads(path.read_text())
+    return None if step is None else layout.read_meta(str(self.directory), step)
 
   def check_compatible(self, params_info: Mapping[str, list]) -> None:
-    """Raises ShapeMismatchError (before anything is written) if the latest checkpoint has other shapes."""
-    meta = self.read_meta()
-    if meta is None:
-      return
-    problems = params_io.compare_param_shapes(
-      {k: v[0] for k, v in params_info.items()}, {k: v[0] for k, v in meta.get("params", {}).items()}
-    )
-    if problems:
-      raise ShapeMismatchError(
-        params_io.mismatch_message(
-          f"{self.directory} holds a checkpoint (step {self.latest_step()}) of a model with different parameter "
-          f"shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin",
-          problems,
+    """Raises ShapeMismatchError (before anything is written) if the newest checkpoint whose param shapes can be
+    read (`meta/metadata`, else the arrays' own metadata) has other shapes."""
+    for step in sorted(self.all_steps(), reverse=True):
+      found, where = layout.stored_param_shapes(str(self.directory), step)
+      if found is None:
+        continue
+      problems = params_io.compare_param_shapes({k: v[0] for k, v in params_info.items()}, found)
+      if problems:
+        raise ShapeMismatchError(
+          params_io.mismatch_message(
+            f"{self.directory} holds a checkpoint (step {step}, shapes read from {where}) of a model with "
+            f"different parameter shapes; refusing to overwrite it. Use another MODEL_DIR or the matching model gin",
+            problems,
+          )
         )
-      )
+      return
 
   def save(self, step: int, state: Any, data_state: Optional[dict], meta: dict, force: bool = False) -> bool:
     args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=DataStateSave(data_state if data_state is not None else {}),
-      meta=ocp.args.JsonSave(meta),
+      **{
+        layout.STATE_ITEM: ocp.args.StandardSave(state),
+        layout.DATA_ITEM: DataStateSave(data_state if data_state is not None else {}),
+        layout.META_ITEM: ocp.args.JsonSave(meta),
+      }
     )
     return self.manager.save(int(step), args=args, force=force)
 
@@ -139,49 +145,69 @@ class Checkpointer:
     """Restores onto the shardings in `abstract_state` (ShapeDtypeStructs with `.sharding`), any mesh."""
     step = self.latest_step() if step is None else step
     restored = self.manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore())
+      step,
+      args=ocp.args.Composite(
+        **{layout.STATE_ITEM: ocp.args.StandardRestore(abstract_state), layout.DATA_ITEM: DataStateRestore()}
+      ),
     )
-    data = restored.get("data") if hasattr(restored, "get") else restored.data
-    return restored.state, (data or None)
+    data = restored.get(layout.DATA_ITEM) if hasattr(restored, "get") else restored.data
+    return restored[layout.STATE_ITEM], (data or None)
+
+  def restore_newest_good(
+    self, abstract_state: Any, warn: Callable[[str], None] = logging.warning
+  ) -> Optional[Tuple[int, Any, Optional[dict]]]:
+    """(step, state, data position) of the newest checkpoint that restores, None when there is none.
+
+    Newer checkpoints that fail (truncated array file, missing `_METADATA`, garbled data-position file, ...) are
+    moved aside as `checkpoint_<step>.corrupt` (nothing is deleted; the rename lets training write that step
+    again) and `warn` is called once, naming them, why, and the checkpoint used instead. Raises
+    NoRestorableCheckpointError, changing nothing, when checkpoints exist but none restores."""
+    failures: List[Tuple[int, str]] = []  # (step, reason)
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
+        failures.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
+        continue
+      if failures:
+        for bad, _ in failures:
+          self._set_aside(bad)
+        warn(
+          f"restoring {layout.step_dir_name(failures[0][0])} in {self.directory} failed, so the newest checkpoint "
+          f"that restores, {layout.step_dir_name(step)}, is used instead ({_describe_failures(failures, True)})"
+        )
+      return step, state, data
+    if failures:
+      raise NoRestorableCheckpointError(
+        f"no checkpoint in {self.directory} restores ({_describe_failures(failures, False)}); nothing was changed. "
+        f"Use another MODEL_DIR, or move the broken checkpoints away to start from scratch"
+      )
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    """Moves a broken checkpoint aside (process 0; the others wait) and makes the manager forget it."""
+    if jax.process_index() == 0:
+      layout.move_aside(str(self.directory), step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for pending saves and stops orbax's background threads (idempotent)."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
 
 
-def export_params(model_dir: str, output_dir: Optional[str] = None, step: Optional[int] = None) -> str:
-  """Writes the params alone (as `{'params': ...}`) from a training checkpoint.
-
-  Output: `<output_dir>/params/` (orbax, restorable with `ocp.StandardCheckpointer().restore`) and
-  `<output_dir>/params.msgpack` (flax serialization, the original project's export format). Runs on one
-  process, no mesh needed; arrays are restored as numpy.
-  """
-  from flax import serialization  # pylint: disable=g-import-not-at-top
-
-  ckpt_dir = epath.Path(model_dir)
-  mgr = ocp.CheckpointManager(
-    ckpt_dir,
-    options=ocp.CheckpointManagerOptions(read_only=True, step_prefix="checkpoint"),
-    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-  )
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-  meta = mgr.item_metadata(step)["state"]
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  state = mgr.restore(
-    step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))
-  )["state"]
-  params = state["params"]
-  out = epath.Path(output_dir or (epath.Path(model_dir) / f"export_{step}"))
-  out.mkdir(parents=True, exist_ok=True)
-  saver = ocp.StandardCheckpointer()
-  saver.save(out / "params", {"params": params}, force=True)
-  saver.wait_until_finished()
-  saver.close()
-  (out / "params.msgpack").write_bytes(serialization.msgpack_serialize({"params": params}))
-  mgr.close()
-  return str(out)
+def _describe_failures(failures: List[Tuple[int, str]], moved: bool) -> str:
+  where = (lambda name: f"; moved aside to {name}{layout.CORRUPT_SUFFIX}") if moved else (lambda name: "")
+  return "; ".join(f"{layout.step_dir_name(s)}: {reason}{where(layout.step_dir_name(s))}" for s, reason in failures)

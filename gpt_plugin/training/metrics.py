@@ -1,4 +1,5 @@
-"""Metric writers (clu -> TensorBoard in MODEL_DIR), the console progress line, FLOPs and MFU."""
+"""Metric writers (clu -> TensorBoard in MODEL_DIR), the console progress line, peak FLOP/s for MFU (the
+FLOPs per token come from `network.GPTConfig.flops_per_token`)."""
 
 from __future__ import annotations
 
@@ -43,18 +44,6 @@ def peak_flops_per_device(device: Any = None, override: Optional[float] = None) 
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
-
-
-def train_flops_per_token(num_params: int, num_layers: int = 0, emb_dim: int = 0, seq_len: int = 0) -> float:
-  """6N per token for forward+backward matmuls plus 12*L*d*T for attention scores (PaLM appendix B)."""
-  return 6.0 * num_params + 12.0 * num_layers * emb_dim * seq_len
-
-
-def model_dims(model: Any) -> tuple:
-  cfg = getattr(getattr(model, "module", None), "config", None)
-  if cfg is None:
-    return 0, 0
-  return int(getattr(cfg, "num_layers", 0) or 0), int(getattr(cfg, "emb_dim", 0) or 0)
 
 
 def create_writer(model_dir: Optional[str], collection: str = "train", enabled: bool = True):

@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import optax
 
+from gpt_plugin import tree_paths
+
 Schedule = Callable[[Any], Any]
 
 # Substrings of a param path that mark a position table (no weight decay).
@@ -42,23 +44,13 @@ def constant_schedule(learning_rate: float = 1e-3) -> Schedule:
   return optax.constant_schedule(learning_rate)
 
 
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return "/".join(parts)
-
-
 def default_weight_decay_mask(params: Any, no_decay_names: Sequence[str] = POSITION_TABLE_NAMES) -> Any:
   """True = decay. Off for 1-D params (biases, norm scales) and position tables (matched by name)."""
 
   def decide(path, leaf):
     if getattr(leaf, "ndim", 0) <= 1:
       return False
-    p = _path_str(path)
+    p = tree_paths.leaf_name(path)
     return not any(n in p for n in no_decay_names)
 
   return jax.tree_util.tree_map_with_path(decide, params)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import functools
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -12,54 +11,29 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from absl import logging
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gpt_plugin import params_io
 from gpt_plugin import partitioning
+from gpt_plugin.training import checkpoint_layout
 from gpt_plugin.training import checkpointing
+from gpt_plugin.training import console as console_lib
+from gpt_plugin.training import evaluator as evaluator_lib
+from gpt_plugin.training import loop as loop_lib
 from gpt_plugin.training import metrics as metrics_lib
 from gpt_plugin.training import optimizer as optimizer_lib
+from gpt_plugin.training import periodic as periodic_lib
+from gpt_plugin.training import schedule_check
+from gpt_plugin.training import state_init
+from gpt_plugin.training import step_logger as step_logger_lib
+from gpt_plugin.training import summary_steps
+from gpt_plugin.training import train_errors
 from gpt_plugin.training import train_step as train_step_lib
 
-
-class NonFiniteLossError(RuntimeError):
-  """Raised after `max_consecutive_bad_steps` non-finite steps in a row."""
-
-
-class InitParamsMismatchError(params_io.ParamsMismatchError):
-  """`init_params_from` holds params whose names or shapes differ from the model's."""
-
-
-def load_init_params(path: str, abstract_params: Any, params_shardings: Any) -> Any:
-  """Params for a warm start: read with `gpt_plugin.params_io.load_params` (a `convert` / `export_params` output
-  directory, its `params/` folder, a `.msgpack` file, a MODEL_DIR or one `checkpoint_<step>`), checked name by
-  name and shape by shape against the model, cast to the model's param dtypes and placed on `params_shardings`
-  (each process reads the file and keeps its own shards)."""
-  loaded, where = params_io.load_params(path)
-  params_io.check_params_against(
-    abstract_params,
-    loaded,
-    what=f"init_params_from={path} ({where})",
-    error=InitParamsMismatchError,
-    hint="use the model gin the params were trained with, or convert them first (python -m gpt_plugin.convert)",
-  )
-  by_name = {n: a for n, a in _named_leaves(loaded)}
-  names = [n for n, _ in _named_leaves(abstract_params)]
-  treedef = jax.tree.structure(abstract_params)
-  out = []
-  for name, a, sh in zip(names, jax.tree.leaves(abstract_params), jax.tree.leaves(params_shardings)):
-    arr = np.asarray(by_name[name]).astype(a.dtype)
-    out.append(jax.make_array_from_callback(a.shape, sh, lambda idx, arr=arr: arr[idx]))
-  return jax.tree.unflatten(treedef, out)
-
-
-def _named_leaves(tree):
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [
-    ("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), leaf)
-    for path, leaf in flat
-  ]
+# Re-exported: the errors and the warm start have their own modules now.
+NonFiniteLossError = train_errors.NonFiniteLossError
+NoStepAppliedError = train_errors.NoStepAppliedError
+InitParamsMismatchError = state_init.InitParamsMismatchError
+load_init_params = state_init.load_init_params
 
 
 @dataclasses.dataclass
@@ -164,6 +138,58 @@ def _check_required(**values):
     )
 
 
+@dataclasses.dataclass
+class TrainConfig:
+  """Every argument of `train` (same names, same defaults); the parts of the trainer read their options here."""
+
+  model: Any
+  model_dir: str
+  train_dataset_cfg: DatasetConfig
+  total_steps: int
+  train_eval_dataset_cfg: Optional[DatasetConfig] = None
+  optimizer_fn: Callable[..., Any] = optimizer_lib.adamw
+  learning_rate_fn: Optional[Callable[[Any], Any]] = None
+  num_microbatches: int = 1
+  single_gradient_reduction: bool = True
+  random_seed: int = 0
+  mesh_fn: Callable[[], Any] = partitioning.create_mesh
+  logical_axis_rules: Optional[Sequence] = None
+  checkpoint_period: int = 1000
+  keep_checkpoints: Optional[int] = 3
+  async_checkpointing: bool = True
+  resume: bool = True
+  eval_period: int = 1000
+  eval_steps: int = 20
+  log_period: int = 10
+  max_consecutive_bad_steps: int = 10
+  dynamic_loss_scale: bool = False
+  initial_loss_scale: float = 2.0**15
+  loss_scale_growth_interval: int = 2000
+  staged_warmup_steps: int = 0
+  warmup_train_context: Optional[int] = None
+  peak_flops_per_device: Optional[float] = None
+  dataset_fn: Optional[Callable[..., Any]] = None
+  export_params_at_end: bool = False
+  init_params_from: Optional[str] = None
+  sample_prompts: Optional[Sequence[str]] = None
+  sample_length: int = 48
+  sample_temperature: float = 0.0
+  sample_top_k: int = 0
+  sample_seed: int = 0
+  write_summaries: bool = True
+  stop_at_step: Optional[int] = None
+  console: bool = True
+  seqio_cache_dirs: Sequence[str] = ()
+
+  @property
+  def end_step(self) -> int:
+    return self.total_steps if self.stop_at_step is None else min(self.total_steps, self.stop_at_step)
+
+  @property
+  def seq_len(self) -> int:
+    return sum(int(v) for v in dict(self.train_dataset_cfg.task_feature_lengths).values())
+
+
 def train(
   *,
   model: Any,
@@ -203,8 +229,9 @@ def train(
   write_summaries: bool = True,
   stop_at_step: Optional[int] = None,
   console: bool = True,
+  seqio_cache_dirs: Sequence[str] = (),
 ) -> Dict[str, Any]:
-  """Trains `model` for `total_steps` steps (resuming from the latest checkpoint in `model_dir`).
+  """Trains `model` for `total_steps` steps (resuming from the newest checkpoint in `model_dir` that restores).
 
   `stop_at_step` ends this invocation early (checkpointing there) without changing the schedule.
   `init_params_from` (warm start): when `model_dir` has no checkpoint yet, the params come from this params-only
@@ -214,346 +241,312 @@ def train(
   `sample_prompts`: at the end, continue each prompt by `sample_length` tokens from the final params with
   `gpt_plugin.generate` (greedy when `sample_temperature` is 0, else temperature sampling, top-k when
   `sample_top_k` > 0, seeded by `sample_seed`) through the model's vocabulary, and print prompt + continuation (result key 'samples').
-  Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step'}.
+  The last step of the run is always checkpointed, and evaluated when evaluation is on (`eval_period` > 0).
+  A rerun once `model_dir` holds step `total_steps` trains nothing and rewrites nothing.
+  `seqio_cache_dirs` (gin: SEQIO_CACHE_DIRS): directories written by seqio's cache job, added with
+  `seqio.add_global_cache_dirs` so that `use_cached=True` (USE_CACHED_TASKS) finds the cached tasks there.
+  Returns {'state', 'history' (per-step dicts of floats), 'evals', 'step', 'samples', 'compile_time_s',
+  'peak_memory_bytes', 'time_to_first_step_s'}.
   """
-  t_start = time.time()
-  _check_required(
-    model=model,
-    model_dir=model_dir,
-    total_steps=total_steps,
-    mixture_or_task_name=train_dataset_cfg.mixture_or_task_name,
-    task_feature_lengths=train_dataset_cfg.task_feature_lengths,
-    batch_size=train_dataset_cfg.batch_size,
-  )
-  if train_eval_dataset_cfg is not None and (
-    train_eval_dataset_cfg.mixture_or_task_name is gin.REQUIRED
-    or train_eval_dataset_cfg.task_feature_lengths is gin.REQUIRED
-  ):
-    train_eval_dataset_cfg = None
-  dataset_fn = dataset_fn or default_dataset_fn
-  if learning_rate_fn is None:
-    learning_rate_fn = optimizer_lib.warmup_cosine_schedule(
-      decay_steps=total_steps, warmup_steps=min(1000, max(total_steps // 10, 1))
+  return run_training(TrainConfig(**locals()))
+
+
+@dataclasses.dataclass
+class _Setup:
+  """What the run is built from: the learning-rate schedule, the mesh and the train state's spec."""
+
+  learning_rate_fn: Callable[[Any], Any]
+  mesh: Any
+  partitioner: partitioning.Partitioner
+  spec: state_init.StateSpec
+
+
+def _setup(c: TrainConfig) -> _Setup:
+  lr_fn = c.learning_rate_fn
+  if lr_fn is None:
+    lr_fn = optimizer_lib.warmup_cosine_schedule(
+      decay_steps=c.total_steps, warmup_steps=min(1000, max(c.total_steps // 10, 1))
     )
-  tx = optimizer_fn(learning_rate=learning_rate_fn)
-  rules = tuple(logical_axis_rules) if logical_axis_rules is not None else partitioning.logical_axis_rules()
-  mesh = mesh_fn()
+  tx = c.optimizer_fn(learning_rate=lr_fn)
+  rules = tuple(c.logical_axis_rules) if c.logical_axis_rules is not None else partitioning.logical_axis_rules()
+  mesh = c.mesh_fn()
   partitioner = partitioning.Partitioner(mesh, rules)
   dp = partitioner.data_parallel_size
-  if train_dataset_cfg.batch_size % (dp * max(num_microbatches, 1)) and num_microbatches > 1:
+  if c.train_dataset_cfg.batch_size % (dp * max(c.num_microbatches, 1)) and c.num_microbatches > 1:
     raise ValueError(
-      f"batch size {train_dataset_cfg.batch_size} must be divisible by data-parallel size {dp} x "
-      f"num_microbatches {num_microbatches}"
+      f"batch size {c.train_dataset_cfg.batch_size} must be divisible by data-parallel size {dp} x "
+      f"num_microbatches {c.num_microbatches}"
     )
   logging.info("mesh %s, rules %s", dict(mesh.shape), rules)
-
-  # ---- abstract state and shardings (no device memory touched yet) ----
-  key = jax.random.key(random_seed)
-  init_key, train_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-  input_shapes = _input_shapes(train_dataset_cfg)
-  input_types = {k: jnp.int32 for k in input_shapes}
-  with partitioner.context():
-    abstract_vars = jax.eval_shape(lambda k: model.get_initial_variables(k, input_shapes, input_types), init_key)
-  abstract_params = abstract_vars["params"]
-  logical_specs = partitioning.params_logical_specs(abstract_vars, abstract_params)
-  params_sh = partitioner.logical_to_mesh(logical_specs)
-
-  def init_state(k_init, k_train):
-    variables = model.get_initial_variables(k_init, input_shapes, input_types)
-    return train_step_lib.create_train_state(
-      variables["params"], tx, k_train, initial_loss_scale if dynamic_loss_scale else 1.0
-    )
-
-  abstract_state = jax.eval_shape(init_state, init_key, train_key)
-  state_sh = train_step_lib.state_shardings(abstract_state, params_sh, tx, partitioner.replicated)
-  params_info = checkpointing.params_shape_info(abstract_state.params)
-  num_params = metrics_lib.count_params(abstract_state.params)
-
-  # ---- checkpoint manager; the shape check happens before anything is written ----
-  ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpointing)
-  ckpt.check_compatible(params_info)
-  meta = {"params": params_info, "num_params": num_params, "mesh": {k: int(v) for k, v in mesh.shape.items()}}
-
-  data_state = None
-  latest = ckpt.latest_step() if resume else None
-  if latest is not None:
-    abstract_with_sh = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh
-    )
-    state, data_state = ckpt.restore(latest, abstract_with_sh)
-    logging.info("Restored checkpoint step %d from %s", latest, model_dir)
-    if console and jax.process_index() == 0:
-      print(f"restored {model_dir}/checkpoint_{latest}", flush=True)
-  else:
-    with partitioner.context():
-      state = jax.jit(init_state, out_shardings=state_sh)(init_key, train_key)
-    if init_params_from:
-      params = load_init_params(init_params_from, abstract_state.params, params_sh)
-      with partitioner.context():  # fresh optimiser state for the loaded params
-        opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
-      state = state.replace(params=params, opt_state=opt_state)
-      logging.info("Initialised params from %s", init_params_from)
-      if console and jax.process_index() == 0:
-        print(f"initialised params from {init_params_from}", flush=True)
-
-  if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    try:
-      with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
-    except Exception:  # pylint: disable=broad-except
-      pass
-    with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
-      f.write(f"num_params {num_params}\nmesh {dict(mesh.shape)}\n")
-      for path, spec in jax.tree_util.tree_flatten_with_path(params_sh, is_leaf=lambda x: hasattr(x, "spec"))[0]:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        shape, dtype = params_info.get(name, (None, None))
-        f.write(f"{name} {shape} {dtype} {spec.spec}\n")
-
-  # ---- jitted steps ----
-  step_fn = train_step_lib.make_train_step(
-    model,
+  spec = state_init.build_state_spec(
+    c.model,
     tx,
-    learning_rate_fn,
-    num_microbatches=num_microbatches,
-    dynamic_loss_scale=dynamic_loss_scale,
-    growth_interval=loss_scale_growth_interval,
-    params_shardings=params_sh,
-    logical_axis_rules=rules,
-    single_reduction=single_gradient_reduction,
+    partitioner,
+    _input_shapes(c.train_dataset_cfg),
+    c.random_seed,
+    c.initial_loss_scale if c.dynamic_loss_scale else 1.0,
+  )
+  return _Setup(lr_fn, mesh, partitioner, spec)
+
+
+def run_training(c: TrainConfig) -> Dict[str, Any]:
+  """`train` with its arguments in a TrainConfig: set up, restore or init, train, then export and sample."""
+  t_start = time.time()
+  if c.seqio_cache_dirs:
+    import seqio  # pylint: disable=g-import-not-at-top
+
+    seqio.add_global_cache_dirs(list(c.seqio_cache_dirs))
+  _check_required(
+    model=c.model,
+    model_dir=c.model_dir,
+    total_steps=c.total_steps,
+    mixture_or_task_name=c.train_dataset_cfg.mixture_or_task_name,
+    task_feature_lengths=c.train_dataset_cfg.task_feature_lengths,
+    batch_size=c.train_dataset_cfg.batch_size,
+  )
+  ev = c.train_eval_dataset_cfg
+  if ev is not None and (ev.mixture_or_task_name is gin.REQUIRED or ev.task_feature_lengths is gin.REQUIRED):
+    c = dataclasses.replace(c, train_eval_dataset_cfg=None)
+  con = console_lib.Console(c.console)
+  setup = _setup(c)
+  ckpt = checkpointing.Checkpointer(c.model_dir, keep=c.keep_checkpoints, async_save=c.async_checkpointing)
+  try:  # the checkpoint manager is closed on every exit, so orbax's threads print nothing after an error
+    ckpt.check_compatible(setup.spec.params_info)  # before anything is written
+    state, data_state, restored = state_init.init_or_restore(
+      setup.spec, ckpt, setup.partitioner, resume=c.resume, init_params_from=c.init_params_from, console=con
+    )
+    if restored is not None and restored >= c.end_step:
+      con.print(_finished_message(c, restored))
+      return _result(state, restored, [], [], {})
+    if restored is not None:
+      con.print(f"restored {checkpoint_layout.step_dir(c.model_dir, restored)}")
+    _warn_if_schedule_changed(c, ckpt, restored, setup.learning_rate_fn)
+    _write_run_files(c, setup)
+    con.print(_banner(c, setup, restored))
+    step, state, logger, periodic, info = _train(c, setup, ckpt, con, state, data_state, restored or 0, t_start)
+  finally:
+    ckpt.close()
+  return _finish(c, con, state, step, logger, periodic, info, t_start)
+
+
+def _finished_message(c: TrainConfig, step: int) -> str:
+  if step >= c.total_steps:
+    return f"MODEL_DIR {c.model_dir} already holds step {step} of {c.total_steps}; raise TRAIN_STEPS to continue"
+  return f"MODEL_DIR {c.model_dir} already holds step {step}; stop_at_step is {c.stop_at_step}: nothing to train"
+
+
+def _warn_if_schedule_changed(c: TrainConfig, ckpt, restored: Optional[int], lr_fn) -> None:
+  if restored is None:
+    return
+  meta = ckpt.read_meta(restored) or {}
+  warning = schedule_check.schedule_change_warning(meta.get("schedule"), lr_fn, restored, c.total_steps)
+  if warning:
+    logging.warning("%s", warning)
+
+
+def _write_run_files(c: TrainConfig, setup: _Setup) -> None:
+  """MODEL_DIR/config.gin (the operative gin config) and model-info.txt (params, shapes, shardings)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(c.model_dir, exist_ok=True)
+  try:
+    with open(os.path.join(c.model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+  except Exception:  # pylint: disable=broad-except
+    pass
+  params_info = setup.spec.params_info
+  with open(os.path.join(c.model_dir, "model-info.txt"), "w") as f:
+    f.write(f"num_params {setup.spec.num_params}\nmesh {dict(setup.mesh.shape)}\n")
+    flat = jax.tree_util.tree_flatten_with_path(setup.spec.params_sh, is_leaf=lambda x: hasattr(x, "spec"))[0]
+    for path, spec in flat:
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      shape, dtype = params_info.get(name, (None, None))
+      f.write(f"{name} {shape} {dtype} {spec.spec}\n")
+
+
+def _banner(c: TrainConfig, setup: _Setup, restored: Optional[int]) -> str:
+  return console_lib.banner(
+    model_line=console_lib.model_summary(c.model, setup.spec.num_params),
+    gin_files=console_lib.gin_files_from_flags(),
+    batch_size=c.train_dataset_cfg.batch_size,
+    seq_len=c.seq_len,
+    num_microbatches=c.num_microbatches,
+    mesh_shape=setup.mesh.shape,
+    model_dir=c.model_dir,
+    resume_step=restored,
+    total_steps=c.total_steps,
+  )
+
+
+def _writers(c: TrainConfig, resumed: bool):
+  """TensorBoard writers for train/ and training_eval/; after a resume, steps already logged are not rewritten."""
+  out = []
+  for name in ("train", "training_eval"):
+    w = metrics_lib.create_writer(c.model_dir, name, enabled=c.write_summaries)
+    out.append(summary_steps.dedup_writer(w, os.path.join(c.model_dir, name), resumed and c.write_summaries))
+  return out
+
+
+def _jitted_steps(c: TrainConfig, setup: _Setup):
+  spec, partitioner = setup.spec, setup.partitioner
+  step_fn = train_step_lib.make_train_step(
+    c.model,
+    spec.tx,
+    setup.learning_rate_fn,
+    num_microbatches=c.num_microbatches,
+    dynamic_loss_scale=c.dynamic_loss_scale,
+    growth_interval=c.loss_scale_growth_interval,
+    params_shardings=spec.params_sh,
+    logical_axis_rules=partitioner.rules,
+    single_reduction=c.single_gradient_reduction,
   )
   batch_sh = partitioner.batch_sharding(2)
   jit_step = jax.jit(
-    step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, partitioner.replicated), donate_argnums=(0,)
+    step_fn,
+    in_shardings=(spec.state_sh, batch_sh),
+    out_shardings=(spec.state_sh, partitioner.replicated),
+    donate_argnums=(0,),
   )
   jit_eval = jax.jit(
-    train_step_lib.make_eval_step(model), in_shardings=(params_sh, batch_sh), out_shardings=partitioner.replicated
+    train_step_lib.make_eval_step(c.model),
+    in_shardings=(spec.params_sh, batch_sh),
+    out_shardings=partitioner.replicated,
+  )
+  return jit_step, jit_eval
+
+
+def _make_logger(c: TrainConfig, con, ckpt, writer, data_stats) -> step_logger_lib.StepLogger:
+  def stop_message() -> str:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    return f"the last checkpoint ({'step ' + str(last) if last is not None else 'none'}) in {c.model_dir} is intact."
+
+  return step_logger_lib.StepLogger(
+    writer=writer,
+    console=con,
+    total_steps=c.total_steps,
+    end_step=c.end_step,
+    log_period=c.log_period,
+    max_consecutive_bad_steps=c.max_consecutive_bad_steps,
+    dynamic_loss_scale=c.dynamic_loss_scale,
+    flops_per_token=step_logger_lib.flops_per_token(c.model, c.seq_len),
+    peak_flops=metrics_lib.peak_flops_per_device(override=c.peak_flops_per_device) * jax.device_count(),
+    data_stats=data_stats,
+    stop_message=stop_message,
+    vocab_size=getattr(getattr(getattr(c.model, "module", None), "config", None), "vocab_size", None),
   )
 
-  writer = metrics_lib.create_writer(model_dir, "train", enabled=write_summaries)
-  eval_writer = metrics_lib.create_writer(model_dir, "training_eval", enabled=write_summaries)
-  n_layers, emb_dim = metrics_lib.model_dims(model)
-  seq_len_full = sum(dict(train_dataset_cfg.task_feature_lengths).values())
-  peak = metrics_lib.peak_flops_per_device(override=peak_flops_per_device) * jax.device_count()
 
-  def run_eval(step: int) -> Optional[Dict[str, float]]:
-    if train_eval_dataset_cfg is None or eval_steps <= 0:
-      return None
-    it = _make_iterator(dataset_fn, train_eval_dataset_cfg, model, shuffle=False, num_epochs=1)
-    loss_sum = tok = 0.0
-    merged = None
-    n = 0
-    with partitioner.context():
-      for batch in it:
-        if n >= eval_steps:
-          break
-        if np.shape(next(iter(batch.values())))[0] * jax.process_count() != train_eval_dataset_cfg.batch_size:
-          break
-        out = jax.device_get(jit_eval(state.params, _to_global(batch, partitioner)))
-        loss_sum += float(out["loss_sum"])
-        tok += float(out["num_tokens"])
-        mm = out["model_metrics"]
-        merged = mm if merged is None else jax.tree.map(np.add, merged, mm)
-        n += 1
-    if n == 0:
-      return None
-    res = {"loss": loss_sum / max(tok, 1.0)}
-    res["perplexity"] = metrics_lib.safe_exp(res["loss"])
-    for k, v in train_step_lib.compute_model_metrics(merged).items():
-      if k not in ("loss",):
-        res[k] = v
-    res["num_tokens"] = tok
-    eval_writer.write_scalars(step, res)
-    eval_writer.flush()
-    if console and jax.process_index() == 0:
-      print(f"eval step {step}: loss {res['loss']:.4g} ppl {res['perplexity']:.4g} ({n} batches)", flush=True)
-    return res
+def _make_evaluator(
+  c: TrainConfig, con, dataset_fn, partitioner, jit_eval, writer
+) -> Optional[evaluator_lib.Evaluator]:
+  if c.train_eval_dataset_cfg is None or c.eval_steps <= 0:
+    return None
+  return evaluator_lib.Evaluator(
+    make_iterator=lambda: _make_iterator(dataset_fn, c.train_eval_dataset_cfg, c.model, shuffle=False, num_epochs=1),
+    eval_steps=c.eval_steps,
+    global_batch_size=c.train_eval_dataset_cfg.batch_size,
+    jit_eval=jit_eval,
+    to_global=functools.partial(_to_global, partitioner=partitioner),
+    context=partitioner.context,
+    writer=writer,
+    console=con,
+  )
 
-  # ---- data ----
-  train_iter = _make_iterator(dataset_fn, train_dataset_cfg, model, state=data_state)
 
-  start_step = int(jax.device_get(state.step))
-  end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
-  history: List[Dict[str, float]] = []
-  evals: List[Dict[str, Any]] = []
-  tokens_seen = 0.0
-  pending = None  # (step_index, metrics on device, wall time at dispatch, tokens processed)
-  interval = {"loss_sum": 0.0, "tok": 0.0, "proc_tok": 0.0, "steps": 0, "t0": time.time(), "skipped": 0}
-  total_skipped = 0
-  skipped_samples = 0
+def _train(c: TrainConfig, setup: _Setup, ckpt, con, state, data_state, start_step: int, t_start: float):
+  """Builds the step logger, the evaluator and the periodic actions around the jitted step and runs the loop."""
+  dataset_fn = c.dataset_fn or default_dataset_fn
+  partitioner = setup.partitioner
+  writer, eval_writer = _writers(c, resumed=start_step > 0)
+  jit_step, jit_eval = _jitted_steps(c, setup)
+  to_global = functools.partial(_to_global, partitioner=partitioner)
+  train_iter = _make_iterator(dataset_fn, c.train_dataset_cfg, c.model, state=data_state)
+  base_meta = {
+    "params": setup.spec.params_info,
+    "num_params": setup.spec.num_params,
+    "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
+  }
 
-  def save(step_no: int, force: bool = False):
+  def save(step_no: int, st: Any, force: bool) -> None:
     ds = train_iter.get_state() if hasattr(train_iter, "get_state") else None
-    ckpt.save(step_no, state, ds, meta, force=force)
+    schedule = schedule_check.schedule_record(setup.learning_rate_fn, step_no, c.total_steps)
+    ckpt.save(step_no, st, ds, {**base_meta, "schedule": schedule}, force=force)
 
-  def consume(p):
-    """Host-side handling of one finished step's metrics (one step behind the device)."""
-    nonlocal tokens_seen, total_skipped, skipped_samples
-    step_no, dev_metrics, proc_tok = p
-    m = jax.device_get(dev_metrics)
-    rec = {
-      "step": step_no,
-      "loss": float(m["loss"]),
-      "grad_norm": float(m["grad_norm"]),
-      "learning_rate": float(m["learning_rate"]),
-      "num_tokens": float(m["num_tokens"]),
-      "finite": bool(m["finite"]),
-      "loss_scale": float(m["loss_scale"]),
-    }
-    rec.update({f"model/{k}": v for k, v in train_step_lib.compute_model_metrics(m["model_metrics"]).items()})
-    history.append(rec)
-    if not rec["finite"]:
-      total_skipped += 1
-      interval["skipped"] += 1
-      logging.warning(
-        "step %d: non-finite loss/grad (loss=%s gnorm=%s); update skipped (%d in a row)",
-        step_no,
-        rec["loss"],
-        rec["grad_norm"],
-        int(m["bad_steps"]),
-      )
-      if int(m["bad_steps"]) >= max_consecutive_bad_steps:
-        ckpt.wait()
-        last = ckpt.latest_step()
-        raise NonFiniteLossError(
-          f"loss/gradients were NaN/Inf for {int(m['bad_steps'])} consecutive steps (last at step {step_no}); "
-          f"stopping. No update was applied on those steps; the last checkpoint "
-          f"({'step ' + str(last) if last is not None else 'none'}) in {model_dir} is intact."
-        )
-    else:
-      tokens_seen += rec["num_tokens"]
-      interval["loss_sum"] += rec["loss"] * rec["num_tokens"]
-      interval["tok"] += rec["num_tokens"]
-    interval["proc_tok"] += proc_tok
-    interval["steps"] += 1
-    if step_no % log_period == 0 or step_no == end_step:
-      now = time.time()
-      dt = max(now - interval["t0"], 1e-9)
-      loss = interval["loss_sum"] / interval["tok"] if interval["tok"] else rec["loss"]
-      tps = interval["proc_tok"] / dt
-      if hasattr(train_iter, "stats"):
-        try:
-          skipped_samples = int(train_iter.stats().get("skipped_samples", 0))
-        except Exception:  # pylint: disable=broad-except
-          pass
-      fpt = metrics_lib.train_flops_per_token(num_params, n_layers, emb_dim, seq_len_full)
-      scal = {
-        "loss": loss,
-        "perplexity": metrics_lib.safe_exp(loss),
-        "learning_rate": rec["learning_rate"],
-        "grad_norm": rec["grad_norm"],
-        "tokens_seen": tokens_seen,
-        "tokens_per_sec": tps,
-        "mfu": (fpt * tps / peak) if peak else 0.0,
-        "step_time": dt / interval["steps"],
-        "skipped_steps": float(total_skipped),
-        "skipped_samples": float(skipped_samples),
-      }
-      if dynamic_loss_scale:
-        scal["loss_scale"] = rec["loss_scale"]
-      for k, v in rec.items():
-        if k.startswith("model/") and k != "model/loss":
-          scal[k[len("model/") :]] = v
-      writer.write_scalars(step_no, scal)
-      if console and jax.process_index() == 0:
-        print(metrics_lib.progress_line(step_no, total_steps, scal), flush=True)
-      interval.update(loss_sum=0.0, tok=0.0, proc_tok=0.0, steps=0, t0=now, skipped=0)
+  logger = _make_logger(c, con, ckpt, writer, getattr(train_iter, "stats", None))
+  evaluator = _make_evaluator(c, con, dataset_fn, partitioner, jit_eval, eval_writer)
+  periodic = periodic_lib.PeriodicActions(
+    checkpoint_period=c.checkpoint_period,
+    eval_period=c.eval_period,
+    end_step=c.end_step,
+    save=save,
+    evaluator=evaluator,
+    logger=logger,
+  )
+  compiled = loop_lib.CompiledStep(jit_step, con)
+  first = loop_lib.FirstStepReport(compiled, con, t_start)
 
-  # The train step is compiled ahead of time once per batch shape (staged warmup adds a second shape), so the
-  # compile time can be reported; it runs exactly the program `jit_step` would.
-  compiled_steps: Dict[Any, Any] = {}
-  compile_info: Dict[str, float] = {}
-  first_step_reported = False
+  def prepare_batch(batch: Dict[str, np.ndarray], step: int) -> Dict[str, jax.Array]:
+    if c.staged_warmup_steps and step < c.staged_warmup_steps and c.warmup_train_context:
+      batch = reshape_for_context(batch, c.warmup_train_context)
+    return to_global(batch)
 
-  def run_step(st, gb):
-    key = tuple(sorted((k, tuple(v.shape)) for k, v in gb.items()))
-    fn = compiled_steps.get(key)
-    if fn is None:
-      t0 = time.time()
-      fn = jit_step.lower(st, gb).compile()
-      compiled_steps[key] = fn
-      compile_info.setdefault("compile_time_s", time.time() - t0)
-      logging.info("compiled the train step for %s in %.1fs", key, time.time() - t0)
-    return fn(st, gb)
-
-  step = start_step
+  parts = loop_lib.LoopParts(
+    state=state,
+    start_step=start_step,
+    end_step=c.end_step,
+    train_iter=train_iter,
+    step_fn=compiled,
+    prepare_batch=prepare_batch,
+    partitioner=partitioner,
+    logger=logger,
+    periodic=periodic,
+    console=con,
+    on_first_step=first,
+    latest_saved=ckpt.latest_step,
+  )
   try:
-    with partitioner.context():
-      while step < end_step:
-        try:
-          batch = next(train_iter)
-        except StopIteration:
-          logging.warning("training data exhausted at step %d", step)
-          break
-        if staged_warmup_steps and step < staged_warmup_steps and warmup_train_context:
-          batch = reshape_for_context(batch, warmup_train_context)
-        proc_tok = float(np.prod(np.shape(batch["decoder_target_tokens"]))) * jax.process_count()
-        gbatch = _to_global(batch, partitioner)
-        state, dev_metrics = run_step(state, gbatch)
-        step += 1
-        if not first_step_reported:
-          first_step_reported = True
-          jax.block_until_ready(dev_metrics)
-          peak_mem = metrics_lib.peak_memory_bytes()
-          compile_info.update(peak_memory_bytes=peak_mem)
-          if console and jax.process_index() == 0:
-            print(metrics_lib.first_step_line(compile_info.get("compile_time_s", 0.0), peak_mem), flush=True)
-        if pending is not None:
-          consume(pending)
-        pending = (step, dev_metrics, proc_tok)
-        if step % checkpoint_period == 0 and step < end_step:
-          consume(pending)
-          pending = None
-          save(step)
-          if interval["steps"] == 0:
-            interval["t0"] = time.time()
-        if eval_period and step % eval_period == 0 and train_eval_dataset_cfg is not None:
-          if pending is not None:
-            consume(pending)
-            pending = None
-          evals.append({"step": step, **(run_eval(step) or {})})
-          interval["t0"] = time.time() if interval["steps"] == 0 else interval["t0"]
-      if pending is not None:
-        consume(pending)
-        pending = None
-    if step > start_step or ckpt.latest_step() != step:
-      save(step, force=True)
+    step, state = loop_lib.train_loop(parts)
     ckpt.wait()
   finally:
-    try:
-      ckpt.wait()
-    except Exception:  # pylint: disable=broad-except
-      pass
     writer.flush()
     eval_writer.flush()
+  return step, state, logger, periodic, first.info
 
-  if export_params_at_end and jax.process_index() == 0:
-    out = checkpointing.export_params(model_dir, os.path.join(model_dir, "export"), step=step)
-    if console:
-      print(f"exported params to {out}", flush=True)
-  ckpt.close()
+
+def _finish(c: TrainConfig, con, state, step: int, logger, periodic, info: Dict[str, Any], t_start: float):
+  """After training: the params-only export, the samples and the closing line."""
+  if c.export_params_at_end and jax.process_index() == 0:
+    out = checkpoint_layout.export_params(c.model_dir, os.path.join(c.model_dir, "export"), step=step)
+    con.print(f"exported params to {out}")
   samples = None
-  if sample_prompts:
+  if c.sample_prompts:
     samples = sample_text(
-      model,
+      c.model,
       state.params,
-      sample_prompts,
-      sample_length,
-      sample_temperature,
-      sample_seed,
-      top_k=sample_top_k,
-      console=console,
+      c.sample_prompts,
+      c.sample_length,
+      c.sample_temperature,
+      c.sample_seed,
+      top_k=c.sample_top_k,
+      console=con.enabled,
     )
-  if console and jax.process_index() == 0:
-    print(f"done: step {step}, {time.time() - t_start:.1f}s, checkpoint {model_dir}/checkpoint_{step}", flush=True)
+  con.print(
+    f"done: step {step}, {time.time() - t_start:.1f}s, checkpoint {checkpoint_layout.step_dir(c.model_dir, step)}"
+  )
+  return _result(state, step, logger.history, periodic.evals, info, samples)
+
+
+def _result(state, step: int, history: List[Dict[str, float]], evals: List[Dict[str, Any]], info, samples=None):
   return {
     "state": state,
     "history": history,
     "evals": evals,
     "step": step,
     "samples": samples,
-    "compile_time_s": compile_info.get("compile_time_s"),
-    "peak_memory_bytes": compile_info.get("peak_memory_bytes"),
+    "compile_time_s": info.get("compile_time_s"),
+    "peak_memory_bytes": info.get("peak_memory_bytes"),
+    "time_to_first_step_s": info.get("time_to_first_step_s"),
   }
 
 
@@ -604,23 +597,9 @@ def sample_text(
 
 
 def run_from_gin() -> Dict[str, Any]:
-  """Calls `train_lib.train` with its gin bindings (the `python -m gpt_plugin.train` path).
+  """Calls `train_lib.train` with its gin bindings (the `python -m gpt_plugin.train` path), after starting
+  multi-host JAX if the gin config asks for it (a no-op when the runner already did)."""
+  from gpt_plugin import gin_utils  # pylint: disable=g-import-not-at-top
 
-  First starts multi-host JAX if the gin config asks for it (gin/meshes/gpu_multihost.gin, tpu_v4_32.gin).
-  """
-  try:
-    init = gin.get_configurable(partitioning.maybe_initialize_distributed)
-  except ValueError:
-    init = None
-  if init is not None and not _distributed_initialized():
-    init()
+  gin_utils.maybe_initialize_distributed_from_gin()
   return gin.get_configurable(train)()
-
-
-def _distributed_initialized() -> bool:
-  try:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-
-    return distributed.global_state.client is not None
-  except Exception:  # pylint: disable=broad-except
-    return False

@@ -2,8 +2,10 @@
 
 One jitted train step (in/out shardings, donated state):
   * the global batch is split into `num_microbatches` microbatches (`lax.scan`); each microbatch contributes its
-    token-weighted loss *sum* and gradient of that sum; after the loop there is exactly one division by the
-    total token weight, so 4 x 2 == 1 x 8 up to float rounding, also with unequal token counts per microbatch;
+    token-weighted loss *sum*, its token weight and the gradient of that sum (`model.loss_sum_fn`); after the
+    loop there is exactly one division, by `model.loss_denominator(total token weight)` (the total weight, or a
+    fixed `loss_normalizing_factor`), so 4 x 2 == 1 x 8 up to float rounding, also with unequal token counts
+    per microbatch and with a fixed normalising factor;
   * single gradient reduction: with several microbatches on a data-parallel mesh the loop runs inside
     `jax.shard_map`, manual over the batch mesh axes `(data, fsdp)` (`tensor` stays automatic, so tensor
     parallelism inside the model is unchanged): every device accumulates the gradient of its own rows locally,
@@ -139,6 +141,106 @@ def _out_spec(spec: P, manual: Sequence[str]) -> P:
   return P(*[(d if len(d) > 1 else d[0]) if d else None for d in _manual_axes_of(spec, manual)])
 
 
+def _loss_sum_and_denominator(model: Any, weight_key: str):
+  """`(loss_sum_fn(params, batch, rng) -> (loss_sum, num_tokens, metrics), loss_denominator(num_tokens))`: the
+  model's own (`DecoderOnlyLM.loss_sum_fn` / `loss_denominator`), or for a model with only T5X's `loss_fn`
+  (e.g. `t5x.models.DecoderOnlyModel`) the reading that `loss_fn` is the mean over the `weight_key` tokens."""
+  if hasattr(model, "loss_sum_fn") and hasattr(model, "loss_denominator"):
+    return model.loss_sum_fn, model.loss_denominator
+
+  def mean_loss_sum_fn(params, batch, rng):
+    loss, metrics = model.loss_fn(params, batch, rng)
+    w = jnp.sum(batch[weight_key]).astype(jnp.float32)
+    return jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), w, metrics
+
+  return mean_loss_sum_fn, lambda w: jnp.maximum(w, 1.0)
+
+
+def _mesh_of(params_shardings: Any):
+  if params_shardings is None:
+    return None
+  leaves = [s for s in jax.tree.leaves(params_shardings, is_leaf=lambda x: hasattr(x, "mesh")) if hasattr(s, "mesh")]
+  return leaves[0].mesh if leaves else None
+
+
+def _accumulate_in_loop(value_and_grad, params, batch, step_key, scale, num_microbatches, params_shardings):
+  """Microbatch loop left to the SPMD partitioner: (summed grads, summed aux)."""
+  mbs = split_microbatches(batch, num_microbatches)
+  first = jax.tree.map(lambda x: x[0], mbs)
+  g_shape, aux_shape = jax.eval_shape(value_and_grad, params, first, step_key, scale)
+  g0 = _zeros_like_shapes(g_shape)
+  if params_shardings is not None:
+    g0 = jax.lax.with_sharding_constraint(g0, params_shardings)
+  carry0 = (g0, _zeros_like_shapes(aux_shape))
+
+  def body(carry, xs):
+    mb, i = xs
+    g, aux = value_and_grad(params, mb, jax.random.fold_in(step_key, i), scale)
+    g_acc = _tree_add(carry[0], g)
+    if params_shardings is not None:
+      g_acc = jax.lax.with_sharding_constraint(g_acc, params_shardings)
+    return (g_acc, _tree_add(carry[1], aux)), None
+
+  (grads, aux), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
+  return grads, aux
+
+
+def _accumulate_single_reduction(
+  value_and_grad, params, batch, step_key, scale, num_microbatches, params_shardings, mesh, manual, rules
+):
+  """Microbatch loop under `shard_map`, manual over the batch axes `manual`; one gradient reduction after it."""
+  inner_rules = _strip_axes(rules, manual)
+  specs = jax.tree.map(lambda s: s.spec, params_shardings, is_leaf=lambda x: hasattr(x, "spec"))
+  is_spec = lambda x: isinstance(x, P)
+
+  def local(params, batch, key_data, scale):
+    # Per device: its own rows [b_local, ...] -> microbatches [M, b_local / M, ...]; nothing leaves the device
+    # until the loop is done.
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), jax.lax.axis_index(manual))
+    mbs = jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1),
+      dict(batch),
+    )
+    with nn.logical_axis_rules(inner_rules), flax_partitioning.axis_rules(inner_rules):
+      first = jax.tree.map(lambda x: x[0], mbs)
+      g_shape, aux_shape = jax.eval_shape(value_and_grad, params, first, key, scale)
+
+      def body(carry, xs):
+        mb, i = xs
+        g, aux = value_and_grad(params, mb, jax.random.fold_in(key, i), scale)
+        return (_tree_add(carry[0], g), _tree_add(carry[1], aux)), None
+
+      carry0 = (_zeros_like_shapes(g_shape), _zeros_like_shapes(aux_shape))
+      (g, aux), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
+    # The single reduction.
+    g = jax.tree.map(lambda x, sp: _reduce_grad(x, sp, manual), g, specs, is_leaf=None)
+    aux = jax.tree.map(lambda x: jax.lax.psum(x, manual), aux)
+    return g, aux
+
+  grad_out_specs = jax.tree.map(lambda sp: _out_spec(sp, manual), specs, is_leaf=is_spec)
+  batch_specs = jax.tree.map(lambda x: P(manual, *([None] * (x.ndim - 1))), dict(batch))
+  fn = jax.shard_map(
+    local,
+    mesh=mesh,
+    axis_names=frozenset(manual),
+    check_vma=False,
+    in_specs=(jax.tree.map(lambda _: P(), specs, is_leaf=is_spec), batch_specs, P(), P()),
+    out_specs=(grad_out_specs, P()),
+  )
+  return fn(params, dict(batch), jax.random.key_data(step_key), scale)
+
+
+def _next_loss_scale(state: TrainState, ok, dynamic_loss_scale: bool, growth_interval: int):
+  """(loss scale, good-step count) after this step: halve on overflow, double after `growth_interval` good steps."""
+  scale = state.loss_scale
+  if not dynamic_loss_scale:
+    return scale, state.good_steps
+  good = jnp.where(ok, state.good_steps + 1, 0)
+  grow = good >= growth_interval
+  new_scale = jnp.where(ok, jnp.where(grow, scale * 2.0, scale), jnp.maximum(scale / 2.0, 1.0))
+  return new_scale, jnp.where(grow, 0, good)
+
+
 def make_train_step(
   model: Any,
   tx: optax.GradientTransformation,
@@ -157,10 +259,7 @@ def make_train_step(
   microbatch loop under `shard_map` over the batch axes and reduce the gradients once after it (see the
   module docstring). `logical_axis_rules` are the rules the step is traced under (default: flax's current).
   """
-  mesh = None
-  if params_shardings is not None:
-    leaves = [s for s in jax.tree.leaves(params_shardings, is_leaf=lambda x: hasattr(x, "mesh")) if hasattr(s, "mesh")]
-    mesh = leaves[0].mesh if leaves else None
+  mesh = _mesh_of(params_shardings)
   manual = tuple(partitioning.BATCH_AXES)
   use_shard_map = bool(
     single_reduction
@@ -169,90 +268,31 @@ def make_train_step(
     and all(a in mesh.shape for a in manual)
     and int(np.prod([mesh.shape[a] for a in manual])) > 1
   )
+  loss_sum_fn, loss_denominator = _loss_sum_and_denominator(model, weight_key)
 
   def microbatch_value_and_grad(params, mb, rng, scale):
     def scaled_sum(p):
-      loss, metrics = model.loss_fn(p, mb, rng)
-      w = jnp.sum(mb[weight_key]).astype(jnp.float32)
-      loss_sum = jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0)
+      loss_sum, w, metrics = loss_sum_fn(p, mb, rng)
       return loss_sum * scale, (loss_sum, w, metrics)
 
     (_, aux), grads = jax.value_and_grad(scaled_sum, has_aux=True)(params)
     return grads, aux
 
-  def accumulate_single_reduction(params, batch, step_key, scale):
-    rules = logical_axis_rules
-    if rules is None:
-      rules = nn.spmd.get_logical_axis_rules()
-    inner_rules = _strip_axes(rules, manual)
-    specs = jax.tree.map(lambda s: s.spec, params_shardings, is_leaf=lambda x: hasattr(x, "spec"))
-    is_spec = lambda x: isinstance(x, P)
-
-    def local(params, batch, key_data, scale):
-      # Per device: its own rows [b_local, ...] -> microbatches [M, b_local / M, ...]; nothing leaves the device
-      # until the loop is done.
-      key = jax.random.fold_in(jax.random.wrap_key_data(key_data), jax.lax.axis_index(manual))
-      mbs = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1),
-        dict(batch),
-      )
-      with nn.logical_axis_rules(inner_rules), flax_partitioning.axis_rules(inner_rules):
-        first = jax.tree.map(lambda x: x[0], mbs)
-        g_shape, aux_shape = jax.eval_shape(microbatch_value_and_grad, params, first, key, scale)
-
-        def body(carry, xs):
-          mb, i = xs
-          g, aux = microbatch_value_and_grad(params, mb, jax.random.fold_in(key, i), scale)
-          return (_tree_add(carry[0], g), _tree_add(carry[1], aux)), None
-
-        carry0 = (_zeros_like_shapes(g_shape), _zeros_like_shapes(aux_shape))
-        (g, aux), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
-      # The single reduction.
-      g = jax.tree.map(lambda x, sp: _reduce_grad(x, sp, manual), g, specs, is_leaf=None)
-      aux = jax.tree.map(lambda x: jax.lax.psum(x, manual), aux)
-      return g, aux
-
-    grad_out_specs = jax.tree.map(lambda sp: _out_spec(sp, manual), specs, is_leaf=is_spec)
-    batch_specs = jax.tree.map(lambda x: P(manual, *([None] * (x.ndim - 1))), dict(batch))
-    fn = jax.shard_map(
-      local,
-      mesh=mesh,
-      axis_names=frozenset(manual),
-      check_vma=False,
-      in_specs=(jax.tree.map(lambda _: P(), specs, is_leaf=is_spec), batch_specs, P(), P()),
-      out_specs=(grad_out_specs, P()),
-    )
-    return fn(params, dict(batch), jax.random.key_data(step_key), scale)
+  def accumulate(params, batch, step_key, scale):
+    if num_microbatches <= 1:
+      return microbatch_value_and_grad(params, batch, step_key, scale)
+    args = (microbatch_value_and_grad, params, batch, step_key, scale, num_microbatches, params_shardings)
+    if use_shard_map:
+      rules = logical_axis_rules if logical_axis_rules is not None else nn.spmd.get_logical_axis_rules()
+      return _accumulate_single_reduction(*args, mesh, manual, rules)
+    return _accumulate_in_loop(*args)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
-    base_key = jax.random.wrap_key_data(state.rng)
-    step_key = jax.random.fold_in(base_key, state.step)
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     scale = state.loss_scale
-    if num_microbatches <= 1:
-      grads, (loss_sum, w, metrics) = microbatch_value_and_grad(state.params, batch, step_key, scale)
-    elif use_shard_map:
-      grads, (loss_sum, w, metrics) = accumulate_single_reduction(state.params, batch, step_key, scale)
-    else:
-      mbs = split_microbatches(batch, num_microbatches)
-      first = jax.tree.map(lambda x: x[0], mbs)
-      g_shape, aux_shape = jax.eval_shape(microbatch_value_and_grad, state.params, first, step_key, scale)
-      g0 = _zeros_like_shapes(g_shape)
-      if params_shardings is not None:
-        g0 = jax.lax.with_sharding_constraint(g0, params_shardings)
-      carry0 = (g0, _zeros_like_shapes(aux_shape))
-
-      def body(carry, xs):
-        mb, i = xs
-        g, aux = microbatch_value_and_grad(state.params, mb, jax.random.fold_in(step_key, i), scale)
-        g_acc = _tree_add(carry[0], g)
-        if params_shardings is not None:
-          g_acc = jax.lax.with_sharding_constraint(g_acc, params_shardings)
-        return (g_acc, _tree_add(carry[1], aux)), None
-
-      (grads, (loss_sum, w, metrics)), _ = jax.lax.scan(body, carry0, (mbs, jnp.arange(num_microbatches)))
-
-    denom = jnp.maximum(w, 1.0)
-    # The single division: unscale and normalise by the total token weight.
+    grads, (loss_sum, w, metrics) = accumulate(state.params, batch, step_key, scale)
+    denom = loss_denominator(w)
+    # The single division: unscale and normalise (by the total token weight, or the fixed normalising factor).
     grads = jax.tree.map(lambda g: (g / (denom * scale)).astype(jnp.float32), grads)
     loss = loss_sum / denom
     grad_norm = optax.tree.norm(grads)
@@ -261,20 +301,11 @@ def make_train_step(
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_params = keep(new_params, state.params)
-    new_opt_state = keep(new_opt_state, state.opt_state)
-
-    if dynamic_loss_scale:
-      good = jnp.where(ok, state.good_steps + 1, 0)
-      grow = good >= growth_interval
-      new_scale = jnp.where(ok, jnp.where(grow, scale * 2.0, scale), jnp.maximum(scale / 2.0, 1.0))
-      good = jnp.where(grow, 0, good)
-    else:
-      new_scale, good = scale, state.good_steps
+    new_scale, good = _next_loss_scale(state, ok, dynamic_loss_scale, growth_interval)
     new_state = state.replace(
       step=state.step + 1,
-      params=new_params,
-      opt_state=new_opt_state,
+      params=keep(new_params, state.params),
+      opt_state=keep(new_opt_state, state.opt_state),
       loss_scale=new_scale,
       good_steps=good.astype(jnp.int32),
       bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32),
@@ -298,10 +329,11 @@ def make_train_step(
 def make_eval_step(model: Any, weight_key: str = "decoder_loss_weights"):
   """`eval_step(params, batch) -> {'loss_sum', 'num_tokens', 'model_metrics'}`."""
 
+  loss_sum_fn, _ = _loss_sum_and_denominator(model, weight_key)
+
   def eval_step(params, batch):
-    loss, metrics = model.eval_fn(params, batch)
-    w = jnp.sum(batch[weight_key]).astype(jnp.float32)
-    return {"loss_sum": jnp.where(w > 0, loss.astype(jnp.float32) * w, 0.0), "num_tokens": w, "model_metrics": metrics}
+    loss_sum, w, metrics = loss_sum_fn(params, batch, None)
+    return {"loss_sum": loss_sum, "num_tokens": w, "model_metrics": metrics}
 
   return eval_step
 
