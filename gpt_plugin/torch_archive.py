@@ -159,6 +159,8 @@ class TensorRef:
 
 
 _MARK = object()
+# Largest `data.pkl` read (a state dict's pickle is kilobytes to a few MB; the tensors live in other members).
+MAX_PICKLE_BYTES = 64 * 2**20
 # What a damaged zip member can raise while it is read (zipfile raises ValueError for e.g. negative seeks).
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
@@ -195,13 +197,26 @@ class _Archive:
     self.prefix = pkl[0][: -len("data.pkl")]
     self.byteorder = "little"
     if self.prefix + "byteorder" in names:
-      self.byteorder = self.read_member(self.prefix + "byteorder").decode("ascii", "replace").strip()
+      self.byteorder = self.read_member(self.prefix + "byteorder", max_bytes=16).decode("ascii", "replace").strip()
     if self.byteorder not in ("little", "big"):
       raise TorchFileCorruptError(f"{name}: bad byteorder record {self.byteorder!r}")
-    self.pickle_bytes = self.read_member(pkl[0])
+    self.pickle_bytes = self.read_member(pkl[0], max_bytes=MAX_PICKLE_BYTES)
     self._cache: Dict[str, np.ndarray] = {}
 
-  def read_member(self, member: str) -> bytes:
+  def declared_size(self, member: str) -> int:
+    """The member's uncompressed size as the zip directory declares it (reading never inflates more)."""
+    try:
+      return self.zf.getinfo(member).file_size
+    except KeyError:
+      raise TorchFileCorruptError(f"{self.name}: member {member!r} is missing from the archive") from None
+
+  def read_member(self, member: str, max_bytes: Optional[int] = None) -> bytes:
+    """The member's bytes; with ``max_bytes``, a member declaring more is refused before anything is inflated."""
+    if max_bytes is not None and self.declared_size(member) > max_bytes:
+      raise TorchFileCorruptError(
+        f"{self.name}: member {member!r} declares {self.declared_size(member)} bytes uncompressed, more than the "
+        f"{max_bytes} it may have; refused unread"
+      )
     try:
       return self.zf.read(member)
     except KeyError:
@@ -212,9 +227,16 @@ class _Archive:
   def storage_array(self, st: _Storage) -> np.ndarray:
     if st.key not in self._cache:
       member = f"{self.prefix}data/{st.key}"
-      raw = self.read_member(member)
       dtype = st.dtype.newbyteorder("<" if self.byteorder == "little" else ">")
-      if len(raw) < st.numel * dtype.itemsize:
+      needed = st.numel * dtype.itemsize
+      declared = self.declared_size(member)
+      if declared > needed:  # checked before inflating: a small member may declare (and inflate to) gigabytes
+        raise TorchFileCorruptError(
+          f"{self.name}: storage member {member!r} declares {declared} bytes uncompressed, but its "
+          f"{st.numel} x {st.dtype} elements need {needed}; refused unread"
+        )
+      raw = self.read_member(member, max_bytes=needed)
+      if len(raw) < needed:
         raise TorchFileCorruptError(
           f"{self.name}: storage member {member!r} is truncated "
           f"({len(raw)} bytes, {st.numel} x {dtype.itemsize} expected)"
@@ -252,220 +274,268 @@ class _Archive:
 _KEY_TYPES = (str, int, float, bool, tuple, type(None))
 
 
-def _interpret(archive: _Archive) -> Any:
-  stack: list = []
-  memo: dict = {}
-  storages: Dict[str, _Storage] = {}
-  try:
-    ops = list(pickletools.genops(archive.pickle_bytes))
-  except Exception as e:  # pylint: disable=broad-except
-    raise TorchFileCorruptError(f"{archive.name}: malformed pickle: {e}") from None
+_INT_OPS = frozenset({"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"})  # INT may decode to a bool
+_FLOAT_OPS = frozenset({"BINFLOAT", "FLOAT"})
+_STR_OPS = frozenset(
+  {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+)
+_BYTES_OPS = frozenset({"BINBYTES", "SHORT_BINBYTES", "BINBYTES8"})
+_LITERALS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
 
-  def unsafe(msg: str) -> UnsafePickleError:
-    return UnsafePickleError(f"{archive.name}: {msg}")
 
-  def pop_mark():
+class _PickleMachine:
+  """Evaluates `data.pkl` opcode by opcode on a stack, without importing, constructing or calling anything.
+
+  One method per opcode group (`_HANDLERS` maps each supported opcode to its method); anything else is an
+  `UnsafePickleError`. `storages` collects the storages that persistent ids reference, by key.
+  """
+
+  def __init__(self, archive: _Archive):
+    self.archive = archive
+    self.stack: list = []
+    self.memo: dict = {}
+    self.storages: Dict[str, _Storage] = {}
+
+  def run(self) -> Any:
+    try:
+      ops = list(pickletools.genops(self.archive.pickle_bytes))
+    except Exception as e:  # pylint: disable=broad-except
+      raise TorchFileCorruptError(f"{self.archive.name}: malformed pickle: {e}") from None
+    for op, arg, pos in ops:
+      name = op.name
+      if name == "STOP":
+        if len(self.stack) != 1:
+          raise self.unsafe("pickle stack not balanced at STOP")
+        return self.stack[0]
+      handler = self._HANDLERS.get(name)
+      if handler is None:
+        raise self.unsafe(f"pickle opcode {name} is not supported by the restricted reader")
+      try:
+        handler(self, name, arg)
+      except TorchFileError:
+        raise
+      except (TypeError, ValueError, IndexError, KeyError, RecursionError) as e:  # e.g. an unhashable dict key
+        raise self.unsafe(f"pickle opcode {name} at byte {pos} cannot be evaluated: {type(e).__name__}: {e}") from None
+    raise TorchFileCorruptError(f"{self.archive.name}: pickle has no STOP opcode")
+
+  # -- stack helpers ------------------------------------------------------------------------------------------
+  def unsafe(self, msg: str) -> UnsafePickleError:
+    return UnsafePickleError(f"{self.archive.name}: {msg}")
+
+  def pop_mark(self) -> list:
+    stack = self.stack
     for i in range(len(stack) - 1, -1, -1):
       if stack[i] is _MARK:
         items = stack[i + 1 :]
         del stack[i:]
         return items
-    raise unsafe("pickle MARK missing")
+    raise self.unsafe("pickle MARK missing")
 
-  def pop():
-    if not stack or stack[-1] is _MARK:
-      raise unsafe("pickle stack underflow")
-    return stack.pop()
+  def pop(self):
+    if not self.stack or self.stack[-1] is _MARK:
+      raise self.unsafe("pickle stack underflow")
+    return self.stack.pop()
 
-  def top():
-    if not stack or stack[-1] is _MARK:
-      raise unsafe("pickle stack underflow")
-    return stack[-1]
+  def top(self):
+    if not self.stack or self.stack[-1] is _MARK:
+      raise self.unsafe("pickle stack underflow")
+    return self.stack[-1]
 
-  def set_items(target: dict, items: list):
+  def set_items(self, target: dict, items: list) -> None:
     for k, v in zip(items[::2], items[1::2]):
       if not isinstance(k, _KEY_TYPES):
-        raise unsafe(f"dict key of unexpected type {type(k).__name__}")
+        raise self.unsafe(f"dict key of unexpected type {type(k).__name__}")
       target[k] = v
 
-  def make_global(module: str, gname: str):
+  # -- opcode groups ------------------------------------------------------------------------------------------
+  def op_framing(self, name, arg) -> None:  # PROTO, FRAME: nothing to evaluate
+    del name, arg
+
+  def op_constant(self, name, arg) -> None:
+    if name in _INT_OPS:
+      self.stack.append(arg)
+    elif name in _FLOAT_OPS:
+      self.stack.append(float(arg))
+    elif name in _STR_OPS:
+      self.stack.append(str(arg))
+    elif name in _BYTES_OPS:
+      self.stack.append(bytes(arg))
+    else:
+      self.stack.append(_LITERALS[name])
+
+  def op_stack(self, name, arg) -> None:
+    del arg
+    if name == "MARK":
+      self.stack.append(_MARK)
+    elif name == "POP":
+      self.pop()
+    elif name == "POP_MARK":
+      self.pop_mark()
+    else:  # DUP
+      self.stack.append(self.top())
+
+  def op_memo(self, name, arg) -> None:
+    if name in ("BINPUT", "LONG_BINPUT", "PUT"):
+      self.memo[arg] = self.top()
+    elif name == "MEMOIZE":
+      self.memo[len(self.memo)] = self.top()
+    else:  # BINGET, LONG_BINGET, GET
+      if arg not in self.memo:
+        raise self.unsafe("pickle memo reference to an unknown slot")
+      self.stack.append(self.memo[arg])
+
+  def op_tuple(self, name, arg) -> None:
+    del arg
+    if name == "TUPLE":
+      self.stack.append(tuple(self.pop_mark()))
+    else:  # TUPLE1, TUPLE2, TUPLE3
+      items = [self.pop() for _ in range(int(name[-1]))][::-1]
+      self.stack.append(tuple(items))
+
+  def op_dict(self, name, arg) -> None:
+    del arg
+    if name == "EMPTY_DICT":
+      self.stack.append({})
+      return
+    if name == "DICT":
+      items = self.pop_mark()
+      if len(items) % 2:
+        raise self.unsafe("DICT with an odd number of items")
+      d: dict = {}
+      self.set_items(d, items)
+      self.stack.append(d)
+      return
+    if name == "SETITEM":
+      v = self.pop()
+      items = [self.pop(), v]
+    else:  # SETITEMS
+      items = self.pop_mark()
+    if len(items) % 2:
+      raise self.unsafe(f"{name} with an odd number of items")
+    target = self.top()
+    if isinstance(target, Opaque):
+      return
+    if not isinstance(target, dict):
+      raise self.unsafe(f"{name} on a non-dict")
+    self.set_items(target, items)
+
+  def op_list(self, name, arg) -> None:
+    del arg
+    if name in ("EMPTY_LIST", "EMPTY_SET"):  # a set becomes a list
+      self.stack.append([])
+    elif name == "LIST":
+      self.stack.append(list(self.pop_mark()))
+    elif name == "ADDITEMS":
+      items = self.pop_mark()
+      if not isinstance(self.top(), list):
+        raise self.unsafe("ADDITEMS on a non-set")
+      self.stack[-1].extend(items)
+    else:  # APPEND, APPENDS
+      items = [self.pop()] if name == "APPEND" else self.pop_mark()
+      if isinstance(self.top(), Opaque):
+        return
+      if not isinstance(self.stack[-1], list):
+        raise self.unsafe(f"{name} on a non-list")
+      self.stack[-1].extend(items)
+
+  def op_global(self, name, arg) -> None:
+    if name == "GLOBAL":
+      module, _, gname = arg.partition(" ")
+    else:  # STACK_GLOBAL
+      gname, module = self.pop(), self.pop()
+      if not isinstance(module, str) or not isinstance(gname, str):
+        raise self.unsafe("STACK_GLOBAL with non-string operands")
     g = _Global(module, gname)
     known = g.key in (_REBUILD_TENSOR, _REBUILD_PARAMETER, _ORDERED_DICT) or (
       module == "torch" and gname in STORAGE_DTYPES
     )
-    return g if known else Opaque(repr(g))
+    self.stack.append(g if known else Opaque(repr(g)))
 
-  def persistent(pid):
+  def op_persistent_id(self, name, arg) -> None:  # BINPERSID: a storage reference
+    del name, arg
+    pid = self.pop()
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      raise unsafe(f"unexpected persistent id {pid!r}")
+      raise self.unsafe(f"unexpected persistent id {pid!r}")
     _, cls, key, _location, numel = pid
     if not isinstance(cls, _Global) or cls.module != "torch" or cls.name not in STORAGE_DTYPES:
-      raise unsafe(f"unsupported storage type {cls!r}")
+      raise self.unsafe(f"unsupported storage type {cls!r}")
     if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-      raise unsafe("malformed storage reference")
-    st = storages.setdefault(key, _Storage(STORAGE_DTYPES[cls.name], key, numel, cls.name))
+      raise self.unsafe("malformed storage reference")
+    st = self.storages.setdefault(key, _Storage(STORAGE_DTYPES[cls.name], key, numel, cls.name))
     if st.dtype != STORAGE_DTYPES[cls.name] or st.numel != numel:
-      raise unsafe(f"storage {key!r} is referenced with different types or sizes")
-    return st
+      raise self.unsafe(f"storage {key!r} is referenced with different types or sizes")
+    self.stack.append(st)
 
-  def reduce(fn, args):
+  def op_reduce(self, name, arg) -> None:  # REDUCE: only the allowlisted calls are evaluated, and not by calling
+    del name, arg
+    args = self.pop()
+    fn = self.pop()
     if isinstance(fn, Opaque):
-      return Opaque(f"result of {fn.what}")
+      self.stack.append(Opaque(f"result of {fn.what}"))
+      return
     if not isinstance(fn, _Global) or not isinstance(args, tuple):
-      raise unsafe("REDUCE of something that is not a global")
+      raise self.unsafe("REDUCE of something that is not a global")
     if fn.key == _ORDERED_DICT:
       if args:
-        raise unsafe("OrderedDict with constructor arguments")
-      return {}
-    if fn.key == _REBUILD_TENSOR:
-      if len(args) not in (6, 7):  # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
-        raise unsafe(f"_rebuild_tensor_v2 with {len(args)} arguments")
-      storage, offset, size, stride, requires_grad, hooks = args[:6]
-      if not isinstance(storage, _Storage):
-        raise unsafe("tensor without a storage")
-      if not (
-        isinstance(offset, int)
-        and isinstance(size, tuple)
-        and isinstance(stride, tuple)
-        and all(isinstance(s, int) for s in size + stride)
-      ):
-        raise unsafe("malformed tensor geometry")
-      if not isinstance(requires_grad, bool):
-        raise unsafe("malformed requires_grad")
-      metadata = args[6] if len(args) == 7 else None
-      return TensorRef(archive, storage, offset, size, stride, requires_grad, hooks, metadata)
-    if fn.key == _REBUILD_PARAMETER:
+        raise self.unsafe("OrderedDict with constructor arguments")
+      self.stack.append({})
+    elif fn.key == _REBUILD_TENSOR:
+      self.stack.append(self._rebuild_tensor(args))
+    elif fn.key == _REBUILD_PARAMETER:
       if not args or not isinstance(args[0], TensorRef):
-        raise unsafe("_rebuild_parameter without a tensor")
-      return args[0]
-    return Opaque(f"{fn!r}(...)")
+        raise self.unsafe("_rebuild_parameter without a tensor")
+      self.stack.append(args[0])
+    else:
+      self.stack.append(Opaque(f"{fn!r}(...)"))
 
-  for op, arg, pos in ops:
-    name = op.name
-    try:
-      if name in ("PROTO", "FRAME"):
-        continue
-      if name == "STOP":
-        if len(stack) != 1:
-          raise unsafe("pickle stack not balanced at STOP")
-        return stack[0]
-      if name == "GLOBAL":
-        module, _, gname = arg.partition(" ")
-        stack.append(make_global(module, gname))
-      elif name == "STACK_GLOBAL":
-        gname, module = pop(), pop()
-        if not isinstance(module, str) or not isinstance(gname, str):
-          raise unsafe("STACK_GLOBAL with non-string operands")
-        stack.append(make_global(module, gname))
-      elif name == "MARK":
-        stack.append(_MARK)
-      elif name in ("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"):
-        stack.append(arg)  # INT may decode to a bool (I01/I00)
-      elif name in ("BINFLOAT", "FLOAT"):
-        stack.append(float(arg))
-      elif name in (
-        "BINUNICODE",
-        "SHORT_BINUNICODE",
-        "BINUNICODE8",
-        "UNICODE",
-        "SHORT_BINSTRING",
-        "BINSTRING",
-        "STRING",
-      ):
-        stack.append(str(arg))
-      elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
-        stack.append(bytes(arg))
-      elif name == "NONE":
-        stack.append(None)
-      elif name == "NEWTRUE":
-        stack.append(True)
-      elif name == "NEWFALSE":
-        stack.append(False)
-      elif name == "EMPTY_TUPLE":
-        stack.append(())
-      elif name == "TUPLE":
-        stack.append(tuple(pop_mark()))
-      elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-        n = int(name[-1])
-        items = [pop() for _ in range(n)][::-1]
-        stack.append(tuple(items))
-      elif name == "EMPTY_DICT":
-        stack.append({})
-      elif name == "DICT":
-        items = pop_mark()
-        if len(items) % 2:
-          raise unsafe("DICT with an odd number of items")
-        d: dict = {}
-        set_items(d, items)
-        stack.append(d)
-      elif name == "EMPTY_LIST":
-        stack.append([])
-      elif name == "LIST":
-        stack.append(list(pop_mark()))
-      elif name == "EMPTY_SET":
-        stack.append([])
-      elif name == "ADDITEMS":
-        items = pop_mark()
-        if not isinstance(top(), list):
-          raise unsafe("ADDITEMS on a non-set")
-        stack[-1].extend(items)
-      elif name in ("SETITEM", "SETITEMS"):
-        if name == "SETITEM":
-          v = pop()
-          items = [pop(), v]
-        else:
-          items = pop_mark()
-        if len(items) % 2:
-          raise unsafe(f"{name} with an odd number of items")
-        target = top()
-        if isinstance(target, Opaque):
-          continue
-        if not isinstance(target, dict):
-          raise unsafe(f"{name} on a non-dict")
-        set_items(target, items)
-      elif name in ("APPEND", "APPENDS"):
-        items = [pop()] if name == "APPEND" else pop_mark()
-        if isinstance(top(), Opaque):
-          continue
-        if not isinstance(stack[-1], list):
-          raise unsafe(f"{name} on a non-list")
-        stack[-1].extend(items)
-      elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-        memo[arg] = top()
-      elif name == "MEMOIZE":
-        memo[len(memo)] = top()
-      elif name in ("BINGET", "LONG_BINGET", "GET"):
-        if arg not in memo:
-          raise unsafe("pickle memo reference to an unknown slot")
-        stack.append(memo[arg])
-      elif name == "BINPERSID":
-        stack.append(persistent(pop()))
-      elif name == "REDUCE":
-        args = pop()
-        fn = pop()
-        stack.append(reduce(fn, args))
-      elif name in ("NEWOBJ", "NEWOBJ_EX"):
-        if name == "NEWOBJ_EX":
-          pop()
-        pop()
-        cls = pop()
-        stack.append(Opaque(f"instance of {cls!r}"))
-      elif name == "BUILD":
-        pop()  # state: an OrderedDict's `_metadata` attribute, or an opaque object's state; never applied
-        top()
-      elif name == "POP":
-        pop()
-      elif name == "POP_MARK":
-        pop_mark()
-      elif name == "DUP":
-        stack.append(top())
-      else:
-        raise unsafe(f"pickle opcode {name} is not supported by the restricted reader")
-    except TorchFileError:
-      raise
-    except (TypeError, ValueError, IndexError, KeyError, RecursionError) as e:  # e.g. an unhashable dict key
-      raise unsafe(f"pickle opcode {name} at byte {pos} cannot be evaluated: {type(e).__name__}: {e}") from None
-  raise TorchFileCorruptError(f"{archive.name}: pickle has no STOP opcode")
+  def _rebuild_tensor(self, args: tuple) -> TensorRef:
+    if len(args) not in (6, 7):  # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
+      raise self.unsafe(f"_rebuild_tensor_v2 with {len(args)} arguments")
+    storage, offset, size, stride, requires_grad, hooks = args[:6]
+    if not isinstance(storage, _Storage):
+      raise self.unsafe("tensor without a storage")
+    if not (
+      isinstance(offset, int)
+      and isinstance(size, tuple)
+      and isinstance(stride, tuple)
+      and all(isinstance(s, int) for s in size + stride)
+    ):
+      raise self.unsafe("malformed tensor geometry")
+    if not isinstance(requires_grad, bool):
+      raise self.unsafe("malformed requires_grad")
+    metadata = args[6] if len(args) == 7 else None
+    return TensorRef(self.archive, storage, offset, size, stride, requires_grad, hooks, metadata)
+
+  def op_object(self, name, arg) -> None:  # NEWOBJ, NEWOBJ_EX, BUILD: recorded as Opaque, never constructed
+    del arg
+    if name == "BUILD":
+      self.pop()  # state: an OrderedDict's `_metadata` attribute, or an opaque object's state; never applied
+      self.top()
+      return
+    if name == "NEWOBJ_EX":
+      self.pop()
+    self.pop()
+    cls = self.pop()
+    self.stack.append(Opaque(f"instance of {cls!r}"))
+
+  _GROUPS = {
+    op_framing: ("PROTO", "FRAME"),
+    op_constant: (*_INT_OPS, *_FLOAT_OPS, *_STR_OPS, *_BYTES_OPS, *_LITERALS),
+    op_stack: ("MARK", "POP", "POP_MARK", "DUP"),
+    op_memo: ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE", "BINGET", "LONG_BINGET", "GET"),
+    op_tuple: ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"),
+    op_dict: ("EMPTY_DICT", "DICT", "SETITEM", "SETITEMS"),
+    op_list: ("EMPTY_LIST", "EMPTY_SET", "LIST", "ADDITEMS", "APPEND", "APPENDS"),
+    op_global: ("GLOBAL", "STACK_GLOBAL"),
+    op_persistent_id: ("BINPERSID",),
+    op_reduce: ("REDUCE",),
+    op_object: ("NEWOBJ", "NEWOBJ_EX", "BUILD"),
+  }
+  _HANDLERS = {op: fn for fn, ops in _GROUPS.items() for op in ops}
+
+
+def _interpret(archive: _Archive) -> Any:
+  return _PickleMachine(archive).run()
 
 
 def find_opaque(obj: Any) -> Optional[Opaque]:

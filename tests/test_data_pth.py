@@ -87,6 +87,22 @@ def test_wrong_dtype_shape_and_corruption():
     pth_reader.read_pth_int_tensor(_torch_like_zip(pkl, b"\0" * 8))
 
 
+def test_members_declaring_more_than_needed_are_refused_before_inflating(monkeypatch):
+  from gpt_plugin import torch_archive
+
+  good = pth_reader.write_pth_int_tensor(np.arange(10, dtype=np.int32))
+  pkl = zipfile.ZipFile(io.BytesIO(good)).read("archive/data.pkl")
+  # storage member larger than its 10 int32 elements (stored, so the declared size is the real one)
+  with pytest.raises(pth_reader.PthCorruptError, match=r"'archive/data/0' declares 44 bytes .* need 40; refused"):
+    pth_reader.read_pth_int_tensor(_torch_like_zip(pkl, b"\0" * 44))
+  # a data.pkl over the cap is not read at all
+  monkeypatch.setattr(torch_archive, "MAX_PICKLE_BYTES", 16)
+  with pytest.raises(
+    pth_reader.PthCorruptError, match=r"member 'archive/data.pkl' declares \d+ bytes .* more than the 16"
+  ):
+    pth_reader.read_pth_int_tensor(good)
+
+
 @pytest.mark.skipif(
   importlib.util.find_spec("torch") is None,
   reason="torch is not installed (pip install '.[torch]'); the checked-in fixture covers the reader",

@@ -117,6 +117,27 @@ def test_numpy_fast_path_matches_tf_path(tmp_path, pack):
       np.testing.assert_array_equal(x[k], y[k])
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_numpy_fast_path_full_rows_match_tf_path(tmp_path, pack):
+  # rows of exactly the feature length (the builder's shards): whole batches of full rows, and batches that mix
+  # full rows with short or zero-holding samples
+  rng = np.random.default_rng(3)
+  full = [(f"f{i}", rng.integers(1, 20, size=16).astype(np.uint16)) for i in range(24)]
+  mixed = [(f"m{i}", rng.integers(0, 20, size=int(rng.integers(1, 40))).astype(np.int32)) for i in range(24)]
+  shardgen.write_shard(str(tmp_path / "full-0.tar"), full)
+  shardgen.write_shard(str(tmp_path / "full-1.tar"), mixed)
+  tasks_lib.register_tar_shard_task("t_full", train_shards=str(tmp_path / "full-{0..1}.tar"), vocab_size=20)
+  kw = dict(pack=pack, num_epochs=1, shuffle=False, segment_samples=16)
+  a = list(pipeline.get_dataset("t_full", {"targets": 16}, "train", 4, **kw))
+  b = list(pipeline.get_dataset("t_full", {"targets": 16}, "train", 4, fast_path=False, **kw))
+  assert len(a) == len(b) >= 12
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      assert x[k].dtype == y[k].dtype == np.int32 and x[k].shape == (4, 16)
+      np.testing.assert_array_equal(x[k], y[k])
+
+
 def test_multi_process_split_disjoint_and_complete(npy_corpus):
   pattern, all_samples = npy_corpus
   tasks_lib.register_tar_shard_task("t_mp", train_shards=pattern, vocab_size=VOCAB)

@@ -31,6 +31,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gpt_plugin.data import checks as checks_lib
+from gpt_plugin.data import shards as shards_lib
 from gpt_plugin.data import stream as stream_lib
 from gpt_plugin.data import tasks_lib
 
@@ -46,7 +48,7 @@ class DataIterator:
   ``get_state()`` returns a JSON-serialisable dict; pass it as ``state=`` to
   :func:`get_dataset` to continue with exactly the next batch.  ``stats()``
   returns counters (``skipped_samples``, ``corrupt_shards``, ``samples``,
-  ``tokens``, ``batches``).
+  ``tokens``, ``batches``); :func:`data_metrics` turns them into metrics.
   """
 
   def __init__(
@@ -67,12 +69,14 @@ class DataIterator:
     state: Optional[dict] = None,
     segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
     fast_path: bool = True,
+    checks: Optional[checks_lib.DataChecks] = None,
   ):
     if batch_size < 1:
       raise ValueError("batch_size must be >= 1")
+    self.feature_lengths = checks_lib.check_feature_lengths(task_feature_lengths)
+    self.checks = checks if checks is not None else checks_lib.DataChecks()
     self.name = mixture_or_task_name
     self.provider = seqio.get_mixture_or_task(mixture_or_task_name)
-    self.feature_lengths = dict(task_feature_lengths)
     self.split = split
     self.batch_size = int(batch_size)
     self.shuffle = shuffle
@@ -105,11 +109,17 @@ class DataIterator:
         process_index=self.process_index,
         process_count=self.process_count,
         num_epochs=num_epochs,
+        checks=self.checks,
+        check_range=not self.fast_path,  # the fast path checks ids a batch at a time (_check_batch_ids)
       )
+      vocab_size = int(self.source.vocabulary.vocab_size) if self.source.check_vocab_size else None
+      self._id_limits = (vocab_size, self.checks.embedding_rows)
       cursor = dict(state["segment_start"]) if state is not None else None
       skip_rows = int(state["rows_done"]) if state is not None else 0
       self._finished = bool(state.get("finished")) if state is not None else False
       self._stream = stream_lib.SampleStream(spec, cursor=cursor, stats=self._stats)
+      if state is not None:  # skip counters as they were at the segment's start: the cap and the metric go on
+        self._stream.restore_counts(state.get("skip_counts") or {})
       self._rows = self._stream_rows(skip_rows)
     else:
       self._finished = bool(state.get("finished")) if state is not None else False
@@ -162,8 +172,10 @@ class DataIterator:
       self._fill_peek()
       if self._peek is None:
         st.update(finished=True, segment_start=dict(self._stream.cursor), rows_done=0)
+        st.update(skip_counts=self._stream.counts())
       else:
         st.update(finished=False, segment_start=dict(self._peek_pos[0]), rows_done=self._peek_pos[1])
+        st.update(skip_counts=dict(self._peek_pos[2]))
     else:
       st.update(finished=self._finished)
     return st
@@ -205,19 +217,20 @@ class DataIterator:
       )
     return self.converter(ds, self.feature_lengths)
 
-  def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int], dict]]:
+  def _stream_rows(self, skip_rows: int) -> Iterator[tuple[tuple[dict, int, dict], dict]]:
+    """((segment start cursor, row index in the segment, skip counters at the segment start), row)."""
     if self._finished:
       return
     while True:
-      start = dict(self._stream.cursor)
+      start, counts = dict(self._stream.cursor), self._stream.counts()
       counter = [0]
-      samples = self._counted(itertools.islice(self._stream, self.segment_samples), counter)
+      samples = self._counted(itertools.islice(self._stream.samples(), self.segment_samples), counter)
       row_index = skip_rows
       if self.fast_path:
         rows = itertools.islice(self._numpy_rows(samples), skip_rows, None)
         skip_rows = 0
         for row in rows:
-          yield (start, row_index), row
+          yield (start, row_index, counts), row
           row_index += 1
       else:
         ds = self._segment_dataset(samples)
@@ -226,7 +239,7 @@ class DataIterator:
         skip_rows = 0
         try:
           for row in ds.as_numpy_iterator():
-            yield (start, row_index), row
+            yield (start, row_index, counts), row
             row_index += 1
         except (tf.errors.OpError, StopIteration) as e:
           if self._error is not None:
@@ -264,15 +277,7 @@ class DataIterator:
 
     if not self.pack:
       for ex in examples():
-        tgt = np.zeros(L, np.int32)
-        tgt[: ex.size] = ex
-        inp = np.zeros(L, np.int32)
-        inp[1:] = tgt[:-1]
-        yield {
-          "decoder_target_tokens": tgt,
-          "decoder_input_tokens": inp,
-          "decoder_loss_weights": (tgt != 0).astype(np.int32),
-        }
+        yield _unpacked_row(ex, L)
       return
     # seqio.utils.trim_and_pack_dataset (tf ops): groups of L consecutive examples,
     # greedy sequential packing, example length = number of non-zero ids.
@@ -338,51 +343,137 @@ class DataIterator:
         raise
       self._batches += 1
       return batch
-    rows = []
+    rows, first_pos = [], None
     while len(rows) < self.batch_size:
       self._fill_peek()
       if self._peek is None:
         raise StopIteration  # drop_remainder
+      first_pos = first_pos or self._peek_pos
       rows.append(self._peek)
       self._peek = None
+    batch = _batch(rows, self.pack)
+    if self.fast_path:
+      self._check_batch_ids(batch["decoder_target_tokens"], first_pos[0])
     self._batches += 1
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return batch
+
+  def _check_batch_ids(self, tokens: np.ndarray, segment_start: dict) -> None:
+    """One vectorised range check per batch (the fast path decodes without per-sample checks, except under the
+    'skip' policy). On a hit, re-reads the batch's segment with per-sample checks (same policy) to name the
+    shard, the member and the id."""
+    vocab_size, embedding_rows = self._id_limits
+    limits = [n for n in (vocab_size, embedding_rows) if n is not None]
+    if int(tokens.min()) >= 0 and (not limits or int(tokens.max()) < min(limits)):
+      return
+    spec = self.source.stream_spec(
+      self.split,
+      shuffle=self.shuffle,
+      seed=self.seed,
+      process_index=self.process_index,
+      process_count=self.process_count,
+      num_epochs=self.num_epochs,
+      checks=self.checks,
+      check_range=True,
+    )
+    for _ in itertools.islice(stream_lib.SampleStream(spec, cursor=segment_start), 2 * self.segment_samples):
+      pass  # raises the sample's DataError
+    bad = int(tokens.max()) if int(tokens.min()) >= 0 else int(tokens.min())
+    raise shards_lib.DataError(f"token id {bad} out of range in a batch read from {spec.shards[0]!r} onwards")
+
+
+def _shifted_right(tgt: np.ndarray) -> np.ndarray:
+  """Decoder inputs: targets shifted right by one along the last axis, 0 first."""
+  inp = np.empty(tgt.shape, np.int32)
+  inp[..., 0] = 0
+  inp[..., 1:] = tgt[..., :-1]
+  return inp
+
+
+# A row is a dict of the converter's features, or, for a full row (one example of exactly L ids, which in packed
+# mode are all non-zero), the bare id array: its other features are derived a batch at a time in _batch.
+
+
+def _unpacked_row(ex: np.ndarray, L: int):
+  """DecoderFeatureConverter(pack=False) for one example of at most L ids."""
+  if ex.size == L:
+    return ex
+  tgt = np.zeros(L, np.int32)
+  tgt[: ex.size] = ex
+  return {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": _shifted_right(tgt),
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
+  }
+
+
+def _full_rows_batch(targets: list, pack: bool) -> dict:
+  """The batch of full rows, every feature computed once for the whole batch."""
+  tgt = np.stack(targets, dtype=np.int32)
+  batch = {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": _shifted_right(tgt),
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
+  }
+  if pack:  # one segment per row
+    batch["decoder_segment_ids"] = np.ones(tgt.shape, np.int32)
+    batch["decoder_positions"] = np.broadcast_to(np.arange(tgt.shape[1], dtype=np.int32), tgt.shape).copy()
+  return batch
+
+
+def _batch(rows: list, pack: bool) -> dict:
+  full = [r for r in rows if type(r) is np.ndarray]  # noqa: E721  (exact type: rows are dicts or arrays)
+  if len(full) == len(rows):
+    return _full_rows_batch(rows, pack)
+  if full:  # a mixed batch: expand the full rows to dicts
+    rows = [{k: v[0] for k, v in _full_rows_batch([r], pack).items()} if type(r) is np.ndarray else r for r in rows]  # noqa: E721
+  return {k: np.stack([r[k] for r in rows], dtype=np.int32) for k in rows[0]}
+
+
+def _packed_row(parts: list, L: int):
+  nonempty = [p for p in parts if p.size]
+  if len(nonempty) == 1 and nonempty[0].size == L:
+    return nonempty[0]  # a full row
+  tgt = np.zeros(L, np.int32)
+  pos = np.zeros(L, np.int32)
+  if nonempty:
+    flat = np.concatenate(nonempty)
+    tgt[: flat.size] = flat
+    pos[: flat.size] = np.concatenate([np.arange(p.size, dtype=np.int32) for p in nonempty])
+  seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
+  inp = _shifted_right(tgt)
+  prev_seg = np.zeros(L, seg.dtype)
+  prev_seg[1:] = seg[:-1]
+  inp *= seg == prev_seg
+  return {
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": inp,
+    "decoder_loss_weights": (tgt != 0).astype(np.int32),
+    "decoder_segment_ids": seg.astype(np.int32),
+    "decoder_positions": pos,
+  }
 
 
 def _pack_group(group, L: int) -> Iterator[dict]:
-  """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter``."""
-  rows = []
-  cur, cur_pos, cur_len = [], [], 0
+  """Packs one group like seqio's ``_pack_with_tf_ops`` + ``LMFeatureConverter`` (greedy, in order; an example's
+  length is its number of non-zero ids; the last row is written even when empty)."""
+  cur, cur_len = [], 0
   for ex in group:
     n = int(np.count_nonzero(ex))
-    one = ex[:n]
     if cur_len + n > L:
-      rows.append((cur, cur_pos))
-      cur, cur_pos, cur_len = [], [], 0
-    cur.append(one)
-    cur_pos.append(np.arange(n, dtype=np.int32))
+      yield _packed_row(cur, L)
+      cur, cur_len = [], 0
+    cur.append(ex[:n])
     cur_len += n
-  rows.append((cur, cur_pos))  # seqio writes the last partial unconditionally
-  for parts, pos_parts in rows:
-    tgt = np.zeros(L, np.int32)
-    pos = np.zeros(L, np.int32)
-    if parts:
-      flat = np.concatenate(parts)
-      tgt[: flat.size] = flat
-      pos[: flat.size] = np.concatenate(pos_parts)
-    seg = np.cumsum(pos == 0, dtype=np.int32) * (tgt != 0)
-    inp = np.zeros(L, np.int32)
-    inp[1:] = tgt[:-1]
-    prev_seg = np.zeros(L, seg.dtype)
-    prev_seg[1:] = seg[:-1]
-    inp *= seg == prev_seg
-    yield {
-      "decoder_target_tokens": tgt,
-      "decoder_input_tokens": inp,
-      "decoder_loss_weights": (tgt != 0).astype(np.int32),
-      "decoder_segment_ids": seg.astype(np.int32),
-      "decoder_positions": pos,
-    }
+  yield _packed_row(cur, L)
+
+
+def data_metrics(iterator) -> dict[str, int]:
+  """``{'data/skipped_samples': n}`` for an iterator from :func:`get_dataset` (``{}`` for other iterators):
+  the samples skipped so far (bad-sample policy ``'skip'``, corrupt shards and members), for the trainer's logs."""
+  stats = getattr(iterator, "stats", None)
+  if not callable(stats):
+    return {}
+  return {"data/skipped_samples": int(stats().get("skipped_samples", 0))}
 
 
 def get_dataset(
@@ -403,13 +494,15 @@ def get_dataset(
   cache_dir: Optional[str] = None,
   segment_samples: int = DEFAULT_SEGMENT_SAMPLES,
   fast_path: bool = True,
+  checks: Optional[checks_lib.DataChecks] = None,
 ) -> DataIterator:
   """Per-process batches of ``mixture_or_task_name`` for training / evaluation.
 
   ``batch_size`` is the per-process batch; the last partial batch is dropped.
   Process ``p`` of ``process_count`` reads shards ``p, p+P, ...``.  ``state`` (from
   ``DataIterator.get_state()``) resumes at exactly the next batch.  ``cache_dir``
-  adds a seqio cache directory (for ``use_cached=True``).
+  adds a seqio cache directory (for ``use_cached=True``).  ``checks`` (default ``DataChecks()``, i.e. gin's
+  bindings) sets the embedding-size check and the bad-sample policy.
   """
   if cache_dir:
     seqio.add_global_cache_dirs([cache_dir])
@@ -429,4 +522,5 @@ def get_dataset(
     state=state,
     segment_samples=segment_samples,
     fast_path=fast_path,
+    checks=checks,
   )

@@ -37,14 +37,18 @@ __all__ = [
 PthFormatError = torch_archive.TorchFileError
 PthCorruptError = torch_archive.TorchFileCorruptError
 UnsafePickleError = torch_archive.UnsafePickleError
+# Storage elements a token tensor may leave unused (torch.save of a slice keeps the whole storage).
+MAX_UNUSED_STORAGE_ELEMENTS = 1 << 16
 
 
 def read_pth_int_tensor(data: bytes, name: str = "<bytes>") -> np.ndarray:
   """Returns the 1-D integer array stored by ``torch.save(tensor)`` in ``data``.
 
-  Raises :class:`PthCorruptError` for unreadable bytes, :class:`UnsafePickleError`
-  for pickles that reference anything but a plain tensor, and
-  :class:`PthFormatError` for tensors that are not 1-D contiguous integer tensors.
+  Raises :class:`PthCorruptError` for unreadable bytes and for members that declare
+  more uncompressed bytes than their tensor needs (checked before inflating: no zip
+  bombs), :class:`UnsafePickleError` for pickles that reference anything but a plain
+  tensor, and :class:`PthFormatError` for tensors that are not 1-D contiguous integer
+  tensors or whose storage is much larger than the tensor.
   ``name`` is what the messages call the bytes.
   """
   obj = torch_archive.load_pth(data, name=name)
@@ -63,6 +67,11 @@ def read_pth_int_tensor(data: bytes, name: str = "<bytes>") -> np.ndarray:
     raise PthFormatError(f"{name}: tensor has shape {obj.shape}; expected 1-D")
   if obj.shape[0] > 1 and tuple(obj.stride) != (1,):
     raise PthFormatError(f"{name}: tensor is not contiguous (stride {obj.stride})")
+  if obj.storage.numel > obj.shape[0] + MAX_UNUSED_STORAGE_ELEMENTS:
+    raise PthFormatError(
+      f"{name}: storage holds {obj.storage.numel} elements for a tensor of {obj.shape[0]}; refused unread "
+      "(a token tensor is saved with its own storage)"
+    )
   return obj.numpy()
 
 

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from gpt_plugin.data import checks as checks_lib
 from gpt_plugin.data import shards as shards_lib
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class StreamSpec:
   window: int = 1024
   num_epochs: Optional[int] = 1  # None: forever
   strict: bool = False
+  # 'error': any bad sample raises; 'skip': skipped, logged and counted up to max_skipped_fraction; None: corrupt
+  # shards and unreadable members are skipped with a warning (raise if strict), other faults raise.
+  bad_samples: Optional[str] = None
+  max_skipped_fraction: float = 0.01
+  expected_samples: Optional[dict] = None  # {url: sample count} from the builder's index
 
 
 class SampleStream:
@@ -61,20 +67,47 @@ class SampleStream:
 
   def __init__(self, spec: StreamSpec, cursor: Optional[dict] = None, stats: Optional[dict] = None):
     self.spec = spec
-    self.cursor = dict(cursor or START)
+    given = dict(cursor or START)
     for k in START:
-      if not isinstance(self.cursor.get(k), int):
+      if not isinstance(given.get(k), int):
         raise ValueError(f"bad stream cursor {cursor!r}")
+    self._pos = tuple(given[k] for k in START)  # (epoch, shard, sample, emitted); a tuple: set once per sample
     self.stats = stats if stats is not None else {}
+    self._read = 0  # samples handed to decode
+    self._decode_skipped = 0  # of which skipped (the rest of stats['skipped_samples'] was lost in broken shards)
+    self._pos_counts: Optional[tuple] = None  # the counters at the start of the window at self._pos
     for k in ("samples", "tokens", "skipped_samples", "corrupt_shards"):
       self.stats.setdefault(k, 0)
     self._it = self._run()
+
+  @property
+  def cursor(self) -> dict:
+    return dict(zip(START, self._pos))
 
   def __iter__(self):
     return self
 
   def __next__(self) -> np.ndarray:
     return next(self._it)
+
+  _COUNTS = ("skipped_samples", "corrupt_shards", "read", "decode_skipped")
+
+  def _counts_now(self) -> tuple:
+    return (self.stats["skipped_samples"], self.stats["corrupt_shards"], self._read, self._decode_skipped)
+
+  def counts(self) -> dict:
+    """The bad-sample counters as they were when the window at ``cursor`` started (a seek to the cursor re-reads
+    that window and counts its bad samples again), JSON-able, for ``restore_counts`` after a restart."""
+    return dict(zip(self._COUNTS, self._pos_counts or self._counts_now()))
+
+  def restore_counts(self, counts: dict) -> None:
+    skipped, corrupt, read, decode_skipped = (int(counts.get(k, 0)) for k in self._COUNTS)
+    self.stats["skipped_samples"], self.stats["corrupt_shards"] = skipped, corrupt
+    self._read, self._decode_skipped, self._pos_counts = read, decode_skipped, None
+
+  def samples(self) -> Iterator[np.ndarray]:
+    """The underlying generator (the same items as iterating the stream, one call less per sample)."""
+    return self._it
 
   # -- order ------------------------------------------------------------------
   def _order(self, epoch: int) -> list[int]:
@@ -89,25 +122,57 @@ class SampleStream:
     return np.random.default_rng([self.spec.seed, epoch, shard, sample, 0x717D]).permutation(n).tolist()
 
   # -- reading ----------------------------------------------------------------
-  def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object]]:
-    """Yields (shard_pos, index_in_shard, ids-or-None-if-bad) from (shard_pos, skip) to epoch end."""
+  def _raw_samples(self, order: list[int], shard_pos: int, skip: int) -> Iterator[tuple[int, int, object, tuple]]:
+    """Yields (shard_pos, index_in_shard, ids-or-None-if-bad, counters before this sample was read) from
+    (shard_pos, skip) to epoch end."""
     spec = self.spec
+    expected = spec.expected_samples or {}
     for pos in range(shard_pos, len(order)):
       url = spec.shards[order[pos]]
+      skipped_before = self.stats["skipped_samples"]
       for idx, key, members in shards_lib.iter_tar_samples(
-        url, skip=skip if pos == shard_pos else 0, strict=spec.strict, stats=self.stats
+        url,
+        skip=skip if pos == shard_pos else 0,
+        strict=spec.strict or spec.bad_samples == "error",
+        stats=self.stats,
+        expected_samples=expected.get(url),
       ):
         if members is None:
           continue
+        before = self._counts_now()
+        self._read += 1
         try:
           ids = spec.decode(members, url, key)
-        except shards_lib.CorruptSampleError as e:
-          if spec.strict:
-            raise
-          log.warning("skipping sample: %s", e)
-          self.stats["skipped_samples"] += 1
-          ids = None
-        yield pos, idx, ids
+        except shards_lib.DataError as e:
+          ids = self._bad_sample(e)
+        yield pos, idx, ids, before
+      if self.stats["skipped_samples"] != skipped_before:  # the shard ended early: counted by iter_tar_samples
+        self._check_skip_cap(f"shard {url!r} ended early")
+
+  def _bad_sample(self, error: "shards_lib.DataError") -> None:
+    """Applies the bad-sample policy to one sample that did not decode: raises, or counts and logs it."""
+    spec = self.spec
+    lenient_skip = spec.bad_samples is None and isinstance(error, shards_lib.CorruptSampleError) and not spec.strict
+    if spec.bad_samples != "skip" and not lenient_skip:
+      raise error
+    self.stats["skipped_samples"] += 1
+    self._decode_skipped += 1
+    log.warning("skipping bad sample (%d skipped so far): %s", self.stats["skipped_samples"], error)
+    if spec.bad_samples == "skip":
+      self._check_skip_cap(str(error))
+
+  def _check_skip_cap(self, last: str) -> None:
+    spec = self.spec
+    if spec.bad_samples != "skip":
+      return
+    skipped = self.stats["skipped_samples"]
+    seen = self._read + skipped - self._decode_skipped
+    if skipped > checks_lib.skip_limit(seen, spec.max_skipped_fraction):
+      raise shards_lib.DataError(
+        f"bad_samples='skip': {skipped} of the {seen} samples read so far were skipped, more than "
+        f"max_skipped_fraction={spec.max_skipped_fraction} allows; last: {last}. Fix or drop the shards named "
+        "in the warnings above, or raise DataChecks.max_skipped_fraction"
+      )
 
   def _run(self) -> Iterator[np.ndarray]:
     spec, c = self.spec, self.cursor
@@ -125,7 +190,7 @@ class SampleStream:
       pending = next(raw, None)
       while pending is not None:
         # The window starts at the first raw sample actually present.
-        start_pos, start_sample = pending[0], pending[1]
+        start_pos, start_sample, start_counts = pending[0], pending[1], pending[3]
         window = [pending[2]]
         pending = None
         for item in raw:
@@ -136,16 +201,16 @@ class SampleStream:
         if pending is None and len(window) == w:
           pending = next(raw, None)
         if pending is not None:
-          nxt = {"epoch": epoch, "shard": pending[0], "sample": pending[1], "emitted": 0}
+          nxt, nxt_counts = (epoch, pending[0], pending[1], 0), pending[3]
         else:
-          nxt = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+          nxt, nxt_counts = (epoch + 1, 0, 0, 0), self._counts_now()
         perm = self._perm(len(window), epoch, start_pos, start_sample)
         for j in range(emitted, len(perm)):
           ids = window[perm[j]]
           if j + 1 == len(perm):
-            self.cursor = nxt
+            self._pos, self._pos_counts = nxt, nxt_counts
           else:
-            self.cursor = {"epoch": epoch, "shard": start_pos, "sample": start_sample, "emitted": j + 1}
+            self._pos, self._pos_counts = (epoch, start_pos, start_sample, j + 1), start_counts
           if ids is None:
             continue
           produced_in_epoch += 1
@@ -153,7 +218,7 @@ class SampleStream:
           self.stats["tokens"] += int(ids.size)
           yield ids
         emitted = 0
-      self.cursor = {"epoch": epoch + 1, "shard": 0, "sample": 0, "emitted": 0}
+      self._pos, self._pos_counts = (epoch + 1, 0, 0, 0), self._counts_now()
       if produced_in_epoch == 0 and fresh_epoch:
         raise shards_lib.DataError(f"no readable samples in {len(spec.shards)} shard(s), e.g. {spec.shards[0]!r}")
       c = self.cursor

@@ -22,6 +22,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gpt_plugin.data import checks as checks_lib
 from gpt_plugin.data import shards as shards_lib
 from gpt_plugin.data import stream as stream_lib
 from gpt_plugin.data import vocabularies as vocab_lib
@@ -86,7 +87,9 @@ class TarShardDataSource(seqio.DataSource):
     window: int = 1024,
     append_eos_to_text: bool = True,
     check_vocab_size: bool = True,
+    bad_samples: Optional[str] = None,
   ):
+    checks_lib.check_policy(bad_samples, "bad_samples")
     if member_format not in ("auto",) + shards_lib.TOKEN_FORMATS:
       raise ValueError(f"member_format must be auto/pth/npy/txt, not {member_format!r}")
     super().__init__(
@@ -100,6 +103,7 @@ class TarShardDataSource(seqio.DataSource):
     self.window = window
     self.append_eos_to_text = append_eos_to_text
     self.check_vocab_size = check_vocab_size
+    self.bad_samples = bad_samples
     self.stats: dict[str, int] = {}
 
   @property
@@ -117,17 +121,32 @@ class TarShardDataSource(seqio.DataSource):
       self._shards[split] = shards_lib.expand_shard_patterns(self._patterns[split])
     return self._shards[split]
 
-  def decode_fn(self):
+  def bad_sample_policy(self, split: str, checks: Optional[checks_lib.DataChecks] = None) -> Optional[str]:
+    """The run's ``DataChecks.bad_samples``, else this task's ``bad_samples``, else ``'error'`` for ``strict``
+    tasks and corpora written by ``build_corpus``, else None (lenient, see ``stream.StreamSpec``)."""
+    if checks is not None and checks.bad_samples is not None:
+      return checks.bad_samples
+    if self.bad_samples is not None:
+      return self.bad_samples
+    if self.strict or shards_lib.is_builder_corpus(self._patterns[split]):
+      return "error"
+    return None
+
+  def decode_fn(self, embedding_rows: Optional[int] = None, check_range: bool = True):
+    """(members, url, key) -> int32 ids; ``check_range=False`` leaves the id range of int32-safe dtypes to the
+    caller (the pipeline's per-batch check)."""
     vocab = self.vocabulary
     tokenize = None if isinstance(vocab, seqio.PassThroughVocabulary) else vocab.encode
     vocab_size = int(vocab.vocab_size) if self.check_vocab_size else None
     return functools.partial(
-      _decode,
+      shards_lib.decode_tokens,
       fmt=self.member_format,
       vocab_size=vocab_size,
+      embedding_rows=embedding_rows,
       tokenize=tokenize,
       eos_id=vocab.eos_id,
       append_eos_to_text=self.append_eos_to_text,
+      check_range=check_range,
     )
 
   def stream_spec(
@@ -139,16 +158,24 @@ class TarShardDataSource(seqio.DataSource):
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: Optional[int] = 1,
+    checks: Optional[checks_lib.DataChecks] = None,
+    check_range: bool = True,
   ) -> stream_lib.StreamSpec:
     shards = stream_lib.process_shards(self.list_shards(split), process_index, process_count)
+    checks = checks or checks_lib.DataChecks()
+    policy = self.bad_sample_policy(split, checks)
     return stream_lib.StreamSpec(
       shards=shards,
-      decode=self.decode_fn(),
+      # under 'skip' every sample is checked on its own (a bad one is dropped, not its whole batch)
+      decode=self.decode_fn(checks.embedding_rows, check_range=check_range or policy == "skip"),
       shuffle=shuffle,
       seed=stream_lib.default_seed(seed) if shuffle else 0,
       window=self.window,
       num_epochs=num_epochs,
       strict=self.strict,
+      bad_samples=policy,
+      max_skipped_fraction=checks.max_skipped_fraction,
+      expected_samples=shards_lib.index_sample_counts(self._patterns[split]),
     )
 
   def get_dataset(
@@ -181,10 +208,6 @@ class TarShardDataSource(seqio.DataSource):
     return tf.data.Dataset.from_generator(gen, output_signature=OUTPUT_SIGNATURE)
 
 
-def _decode(members, url, key, **kw):
-  return shards_lib.decode_tokens(members, url=url, key=key, **kw)
-
-
 def _resolve_vocabulary(vocabulary, vocab_size: Optional[int], eos_id: Optional[int]) -> seqio.Vocabulary:
   if vocabulary is None:
     return seqio.PassThroughVocabulary(
@@ -210,6 +233,7 @@ def register_tar_shard_task(
   extra_splits: Optional[Mapping[str, Any]] = None,
   metrics_fns=(),
   postprocess_fn=None,
+  bad_samples: Optional[str] = None,
 ) -> seqio.Task:
   """Registers a seqio Task named ``name`` over tar shards and returns it.
 
@@ -227,6 +251,9 @@ def register_tar_shard_task(
     shuffle_window: samples per shuffle window (see gpt_plugin.data.stream).
     append_eos_to_text: append EOS after each ``.txt`` document.
     split_long_samples: cut samples longer than the ``targets`` length into pieces.
+    bad_samples: ``'error'`` or ``'skip'`` (see :class:`gpt_plugin.data.checks.DataChecks`, whose run-level
+      setting wins); None: ``'error'`` for ``strict`` tasks and corpora written by ``build_corpus``, else
+      lenient (corrupt shards and unreadable members skipped with a warning, other faults raise).
   """
   vocab = _resolve_vocabulary(vocabulary, vocab_size, eos_id)
   splits = {"train": train_shards}
@@ -240,6 +267,7 @@ def register_tar_shard_task(
     strict=strict,
     window=shuffle_window,
     append_eos_to_text=append_eos_to_text,
+    bad_samples=bad_samples,
   )
   preprocessors = [seqio.CacheDatasetPlaceholder()]
   if split_long_samples:
