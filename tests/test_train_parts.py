@@ -70,6 +70,14 @@ def test_step_logger_writes_token_weighted_interval_loss_and_mfu():
   assert [h["step"] for h in log.history] == [1, 2, 3]
 
 
+def test_step_logger_writes_the_data_pipelines_skipped_samples():
+  w = RecordingWriter()
+  log = _logger(w, data_stats=lambda: {"skipped_samples": 7})
+  log.record(1, _metrics(2.0, 10), 16)
+  log.record(2, _metrics(2.0, 10), 16)
+  assert w.points[0][1]["data/skipped_samples"] == 7
+
+
 def test_step_logger_stops_after_too_many_bad_steps_and_names_no_step_applied():
   log = _logger(RecordingWriter(), stop_message=lambda: "checkpoint intact.", vocab_size=256)
   log.record(1, _metrics(np.nan, 5, finite=False, bad=1), 16)

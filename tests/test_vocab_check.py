@@ -94,3 +94,20 @@ def test_check_model_against_a_registered_task():
   gpt2 = seqio.PassThroughVocabulary(size=50304, eos_id=50256)
   with pytest.raises(UserError, match=r"vocabulary mismatch: the model \(VOCABULARY\) uses PassThroughVocabulary"):
     vocab_check.check_model_against_task(model(gpt2, 50304), "pydocs")
+
+
+def test_train_refuses_a_task_tokenised_with_another_tokenizer_before_model_dir_is_touched(tmp_path, other_bpe):
+  """The README trap: the pydocs model vocabulary on a corpus tokenised with its own tokenizer."""
+  from gpt_plugin.data import tasks_lib
+  from train_helpers import run_train, tiny_lm
+
+  tasks_lib.register_tar_shard_task(
+    "vocab_check_other_bpe", train_shards=str(tmp_path / "none-*.tar"), vocabulary=other_bpe
+  )
+  model = tiny_lm()
+  model.vocabulary = tasks.pydocs_vocabulary()
+  model_dir = tmp_path / "run"
+  with pytest.raises(UserError) as e:
+    run_train(str(model_dir), model=model, task="vocab_check_other_bpe")
+  assert "vocab_check_other_bpe" in str(e.value) and "8192" in str(e.value)
+  assert not model_dir.exists()  # nothing written

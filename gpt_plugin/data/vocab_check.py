@@ -154,3 +154,16 @@ def check_model_against_task(model, mixture_or_task_name: str, feature: str = "t
   model_vocab, rows = getattr(model, "vocabulary", None), _embedding_rows(model)
   for task in tasks:
     check_model_and_task_vocab(model_vocab, task.output_features[feature].vocabulary, rows, task_name=task.name)
+
+
+def check_model_against_registered_task(model, mixture_or_task_name: Optional[str], feature: str = "targets") -> None:
+  """``check_model_against_task`` when ``mixture_or_task_name`` is a registered seqio task or mixture (the
+  runners' data path); nothing for a name a custom ``dataset_fn`` resolves itself. Call it before anything is
+  written."""
+  if not mixture_or_task_name:
+    return
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if mixture_or_task_name in names:
+    check_model_against_task(model, mixture_or_task_name, feature)

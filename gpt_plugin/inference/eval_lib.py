@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_plugin import params_io
+from gpt_plugin.data import vocab_check
 
 
 def token_stream_from_task(name: str, split: str = "validation", max_tokens: Optional[int] = None) -> np.ndarray:
@@ -172,6 +173,8 @@ def evaluate(
   contexts = sorted({int(c) for c in (context_lengths or [round(m * train_length) for m in context_multipliers])})
   if any(c < 2 for c in contexts):
     raise ValueError(f"context lengths {contexts} must be >= 2")
+  if not input_file:
+    vocab_check.check_model_against_registered_task(model, mixture_or_task_name)  # before anything is written
   vocab = getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
   if params is None:
     params = params_io.load_model_params(checkpoint_path, model)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_plugin import params_io
+from gpt_plugin.data import vocab_check
 
 
 @dataclasses.dataclass
@@ -207,6 +208,8 @@ def infer(
       f"TASK_FEATURE_LENGTHS={lengths} must give both 'inputs' (prompt) and 'targets' (continuation) lengths"
     )
   total = int(lengths["inputs"]) + int(lengths["targets"])
+  if not input_file:
+    vocab_check.check_model_against_registered_task(model, cfg.mixture_or_task_name)  # before anything is written
   vocab = _vocab(model)
   params = params_io.load_model_params(checkpoint_path, model)
   if input_file:

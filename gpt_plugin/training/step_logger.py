@@ -164,7 +164,7 @@ class StepLogger:
       "mfu": (self.flops_per_token * tps / self.peak_flops) if self.peak_flops else 0.0,
       "step_time": dt / iv.steps,
       "skipped_steps": float(self.skipped),
-      "skipped_samples": float(self.skipped_samples),
+      "data/skipped_samples": float(self.skipped_samples),  # bad-sample policy 'skip', corrupt shards
     }
     if self.dynamic_loss_scale:
       scal["loss_scale"] = rec["loss_scale"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from gpt_plugin import partitioning
 from gpt_plugin import tree_paths
+from gpt_plugin.data import vocab_check
 from gpt_plugin import checkpoint_layout
 from gpt_plugin.training import checkpointing
 from gpt_plugin.training import console as console_lib
@@ -305,6 +306,8 @@ def run_training(c: TrainConfig) -> Dict[str, Any]:
     task_feature_lengths=c.train_dataset_cfg.task_feature_lengths,
     batch_size=c.train_dataset_cfg.batch_size,
   )
+  # the model's vocabulary and embedding against the task's tokenizer, before MODEL_DIR is touched
+  vocab_check.check_model_against_registered_task(c.model, c.train_dataset_cfg.mixture_or_task_name)
   ev = c.train_eval_dataset_cfg
   if ev is not None and (ev.mixture_or_task_name is gin.REQUIRED or ev.task_feature_lengths is gin.REQUIRED):
     c = dataclasses.replace(c, train_eval_dataset_cfg=None)
