@@ -79,6 +79,7 @@ def test_wheel_installs_and_runs_the_quickstart_from_an_empty_folder(tmp_path):
       "--gin_file=runs/quickstart.gin",
       f'--gin.MODEL_DIR="{model_dir}"',
       "--gin.TRAIN_STEPS=5",
+      "--gin.WARMUP_STEPS=1",
       "--gin.BATCH_SIZE=4",
       "--gin.EVAL_PERIOD=5",
       "--gin.EVAL_STEPS=1",
