@@ -140,6 +140,17 @@ def _check_required(**values):
     )
 
 
+def _split_available(cfg: DatasetConfig) -> bool:
+  """False when `cfg` names a registered seqio task or mixture without `cfg.split` (True for names a custom
+  `dataset_fn` resolves itself)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if cfg.mixture_or_task_name not in names:
+    return True
+  return cfg.split in seqio.get_mixture_or_task(cfg.mixture_or_task_name).splits
+
+
 @dataclasses.dataclass
 class TrainConfig:
   """Every argument of `train` (same names, same defaults); the parts of the trainer read their options here."""
@@ -310,6 +321,13 @@ def run_training(c: TrainConfig) -> Dict[str, Any]:
   vocab_check.check_model_against_registered_task(c.model, c.train_dataset_cfg.mixture_or_task_name)
   ev = c.train_eval_dataset_cfg
   if ev is not None and (ev.mixture_or_task_name is gin.REQUIRED or ev.task_feature_lengths is gin.REQUIRED):
+    c = dataclasses.replace(c, train_eval_dataset_cfg=None)
+  elif ev is not None and not _split_available(ev):
+    logging.warning(
+      "%s has no %r split: in-training evaluation is off (register validation shards to turn it on)",
+      ev.mixture_or_task_name,
+      ev.split,
+    )
     c = dataclasses.replace(c, train_eval_dataset_cfg=None)
   con = console_lib.Console(c.console)
   setup = _setup(c)
