@@ -101,6 +101,10 @@ class Generator:
     self._compiled[key] = jax.jit(run)
     return self._compiled[key]
 
+  def _prefill_length(self, longest: int, max_length: int) -> int:
+    """Positions run through the model before decoding: the bucket holding the longest prompt."""
+    return decode_loop.prefill_bucket(longest, max_length)
+
   def _encode_prompts(self, prompts: Tokens) -> Tuple[List[List[int]], bool]:
     if isinstance(prompts, np.ndarray) or hasattr(prompts, "shape"):
       arr = np.asarray(prompts)
@@ -213,7 +217,7 @@ class Generator:
         temp, topk, topp = 0.0, 0, 0.0
       kwargs = dict(eos_id=eos, num_decodes=int(num_samples), topk=topk, rescale_log_probs=rescale_log_probs)
       n_out = int(num_samples)
-    prefill = decode_loop.prefill_bucket(longest, max_length)
+    prefill = self._prefill_length(longest, max_length)
     key = (method, batch, max_length, prefill, tuple(sorted(kwargs.items())), topp > 0.0, temp <= 0.0)
     program = self._program(key, method, kwargs, use_topp=topp > 0.0, greedy=temp <= 0.0, prefill=prefill)
     decodes, scores = program(
