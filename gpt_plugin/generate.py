@@ -10,21 +10,21 @@ temperature=..., sample=..., sample_rng=...)`, on top of the jitted KV-cached de
 continuation (0 after the end), like the original `generate`; `GenerateOutput` carries the continuations, their
 log-probabilities and the end reason per sample.
 
-One compiled program per (batch size, cache length, decoding settings): prefill of all prompts (different
-lengths in one batch) and the whole decoding loop run inside one `jax.jit`.
+One compiled program per (batch size, cache length, prefill bucket, decoding settings): the prefill of the
+prompt positions (prompts of different lengths in one batch; `decode_loop.prefill_bucket` rounds the longest up
+to a power of two) and the whole decoding `lax.while_loop` run inside one `jax.jit` (`decode_loop.CachedDecoder`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_plugin import decoding
+from gpt_plugin import decode_loop, decoding
 
 Tokens = Union[Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -56,50 +56,6 @@ def _model_cache_limit(model) -> Optional[int]:
   return None
 
 
-def _init_cache(model, params, batch: int, length: int):
-  if hasattr(model, "init_cache"):
-    return model.init_cache(params, batch, length)
-  tokens = jnp.ones((batch, length), jnp.int32)  # T5X DecoderOnlyModel: the module has the same contract
-  _, variables = model.module.apply(
-    {"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"]
-  )
-  return variables["cache"]
-
-
-def _prefill(model, params, cache, inputs, lengths):
-  if hasattr(model, "prefill_cache"):
-    return model.prefill_cache(params, cache, inputs, lengths)[1]
-  _, variables = model.module.apply(
-    {"params": params, "cache": cache},
-    inputs,
-    inputs,
-    enable_dropout=False,
-    prefill=True,
-    prefill_lengths=lengths,
-    mutable=["cache"],
-  )
-  return variables["cache"]
-
-
-def _tokens_to_logits_fn(model, params, length):
-  if hasattr(model, "make_tokens_to_logits"):
-    return model.make_tokens_to_logits(params, length)
-
-  def tokens_to_logits(state):
-    logits, variables = model.module.apply(
-      {"params": params, "cache": state.cache},
-      state.cur_token,
-      state.cur_token,
-      enable_dropout=False,
-      decode=True,
-      max_decode_length=length,
-      mutable=["cache"],
-    )
-    return logits[:, 0, :], variables["cache"]
-
-  return tokens_to_logits
-
-
 def _eos_of(model, eos_id):
   if eos_id is not None:
     return int(eos_id)
@@ -116,37 +72,38 @@ class Generator:
     self.model = model
     self.params = params
     self.vocabulary = vocabulary or getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+    self._decoder = decode_loop.CachedDecoder(model.module)
     self._compiled: Dict[Tuple, Any] = {}
 
   # ------------------------------------------------------------------------------------------- internals
-  def _program(self, key, method: str, decode_kwargs: Dict[str, Any], use_topp: bool, greedy: bool):
+  def _program(self, key, method: str, decode_kwargs: Dict[str, Any], use_topp: bool, greedy: bool, prefill: int):
+    """One jitted program: cache, prefill of the first `prefill` positions, the decoding while_loop."""
     if key in self._compiled:
       return self._compiled[key]
-    model = self.model
-    scan = bool(getattr(model.module, "scan_layers", False))
 
     def run(params, inputs, prompt_lengths, rng, temperature, topp):
-      batch, length = inputs.shape
-      cache = _init_cache(model, params, batch, length)
-      cache = _prefill(model, params, cache, inputs, prompt_lengths)
-      fn = _tokens_to_logits_fn(model, params, length)
-      kwargs = dict(decode_kwargs)
       if method == "beam":
-        return decoding.beam_search(inputs, cache, fn, initial_index=prompt_lengths, cache_offset=int(scan), **kwargs)
-      return decoding.temperature_sample(
+        return self._decoder.decode(
+          params, inputs, prompt_lengths, decoding.beam_search, prefill_length=prefill, **decode_kwargs
+        )
+      return self._decoder.decode(
+        params,
         inputs,
-        cache,
-        fn,
+        prompt_lengths,
+        decoding.temperature_sample,
+        prefill_length=prefill,
         decode_rng=rng,
         temperature=0.0 if greedy else temperature,
         topp=topp if use_topp else 0.0,
-        initial_index=prompt_lengths,
-        cache_offset=int(scan),
-        **kwargs,
+        **decode_kwargs,
       )
 
     self._compiled[key] = jax.jit(run)
     return self._compiled[key]
+
+  def _prefill_length(self, longest: int, max_length: int) -> int:
+    """Positions run through the model before decoding: the bucket holding the longest prompt."""
+    return decode_loop.prefill_bucket(longest, max_length)
 
   def _encode_prompts(self, prompts: Tokens) -> Tuple[List[List[int]], bool]:
     if isinstance(prompts, np.ndarray) or hasattr(prompts, "shape"):
@@ -260,8 +217,9 @@ class Generator:
         temp, topk, topp = 0.0, 0, 0.0
       kwargs = dict(eos_id=eos, num_decodes=int(num_samples), topk=topk, rescale_log_probs=rescale_log_probs)
       n_out = int(num_samples)
-    key = (method, batch, max_length, tuple(sorted(kwargs.items())), topp > 0.0, temp <= 0.0)
-    program = self._program(key, method, kwargs, use_topp=topp > 0.0, greedy=temp <= 0.0)
+    prefill = self._prefill_length(longest, max_length)
+    key = (method, batch, max_length, prefill, tuple(sorted(kwargs.items())), topp > 0.0, temp <= 0.0)
+    program = self._program(key, method, kwargs, use_topp=topp > 0.0, greedy=temp <= 0.0, prefill=prefill)
     decodes, scores = program(
       self.params, jnp.asarray(inputs), jnp.asarray(lengths), rng, jnp.float32(temp), jnp.float32(topp)
     )

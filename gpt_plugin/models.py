@@ -4,7 +4,6 @@ Our runners (train, eval, infer) talk to models only through this interface, so 
 `t5x.models.DecoderOnlyModel` with the same `GPTDecoder` module.
 """
 
-import functools
 from typing import Any, Callable, Mapping, MutableMapping, Optional, Tuple
 
 import flax
@@ -17,7 +16,7 @@ try:  # seqio (and tensorflow) are only needed for data; the model runs without 
 except ImportError:  # pragma: no cover
   seqio = None
 
-from gpt_plugin import losses
+from gpt_plugin import decode_loop, losses
 from gpt_plugin.metrics_lib import Sum, weighted_average
 
 Array = jax.Array
@@ -192,46 +191,24 @@ class DecoderOnlyLM:
     return scores
 
   # ------------------------------------------------------------------------------------ generation
+  @property
+  def cached_decoder(self):
+    """Cache, prefill and decode step of `module` (`decode_loop.CachedDecoder`, the one decoding owner)."""
+    return decode_loop.CachedDecoder(self.module)
+
   def init_cache(self, params: PyTree, batch_size: int, max_length: int) -> PyTree:
     """An empty decode cache for `batch_size` rows of up to `max_length` positions."""
-    tokens = jnp.ones((batch_size, max_length), jnp.int32)
-    _, variables = self.module.apply(
-      {"params": params}, tokens, tokens, enable_dropout=False, decode=True, mutable=["cache"]
-    )
-    return variables["cache"]
+    return self.cached_decoder.init_cache(params, batch_size, max_length)
 
   def prefill_cache(self, params: PyTree, cache: PyTree, inputs: Array, lengths: Array):
-    """Run the prompt `inputs` [B, L] through the model once, filling the cache up to `lengths` [B].
+    """Run `inputs` [B, P] through the model once, filling the cache up to `lengths` [B].
 
-    Returns (logits [B, L, V], cache)."""
-    logits, variables = self.module.apply(
-      {"params": params, "cache": cache},
-      inputs,
-      inputs,
-      enable_dropout=False,
-      prefill=True,
-      prefill_lengths=lengths,
-      mutable=["cache"],
-    )
-    return logits, variables["cache"]
+    Returns (logits [B, P, V], cache)."""
+    return self.cached_decoder.prefill(params, cache, inputs, lengths)
 
   def make_tokens_to_logits(self, params: PyTree, max_decode_length: int) -> Callable:
     """`tokens_to_logits(decoding_state) -> (logits [B, V], new_cache)` for one decode step."""
-
-    def tokens_to_logits(state):
-      flat_ids = state.cur_token
-      logits, variables = self.module.apply(
-        {"params": params, "cache": state.cache},
-        flat_ids,
-        flat_ids,
-        enable_dropout=False,
-        decode=True,
-        max_decode_length=max_decode_length,
-        mutable=["cache"],
-      )
-      return logits[:, 0, :], variables["cache"]
-
-    return tokens_to_logits
+    return self.cached_decoder.tokens_to_logits_fn(params, max_decode_length)
 
   def predict_batch(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None, **kwargs):
     return self.predict_batch_with_aux(params, batch, rng=rng, **kwargs)[0]
@@ -248,49 +225,20 @@ class DecoderOnlyLM:
   ):
     """Continue each prompt (the `decoder_causal_attention` region of `decoder_input_tokens`).
 
-    Follows T5X's DecoderOnlyModel: the prompt is prefilled into the cache, `decode_fn` runs the jitted
-    decoding loop from `initial_index` = prompt length, and the prompt is removed from the result.
-    Returns (decodes [B, L] or [B, num_decodes, L], {'scores': [B] or [B, num_decodes]}).
+    Follows T5X's DecoderOnlyModel (`inference.t5x_compat.predict_batch_with_aux`): the prompt is prefilled into
+    the cache, `decode_fn` runs the jitted decoding loop from `initial_index` = prompt length, and the prompt is
+    removed from the result. Returns (decodes [B, L] or [B, num_decodes, L], {'scores': [B] or [B, num_decodes]}).
     """
-    if "decoder_causal_attention" not in batch:
-      raise ValueError(
-        "predict_batch_with_aux needs `decoder_causal_attention` in the batch (the prompt region), "
-        "as produced by seqio.DecoderFeatureConverter for a task with `inputs` and `targets`"
-      )
-    tokens = batch["decoder_input_tokens"]
-    causal = batch["decoder_causal_attention"]
-    inputs = tokens * causal
-    batch_size, length = tokens.shape
-    prompt_lengths = jnp.sum(causal, axis=1).astype(jnp.int32) - 1
-    prompt_lengths = jnp.maximum(prompt_lengths, 0)
-    cache = self.init_cache(params, batch_size, length)
-    _, cache = self.prefill_cache(params, cache, inputs, prompt_lengths)
-    decoder_params = dict(decoder_params or {})
-    if rng is not None:
-      decoder_params["decode_rng"] = rng
-    scan = bool(getattr(self.module, "scan_layers", False))
-    decodes, scores = self.decode_fn(
-      inputs=inputs,
-      cache=cache,
-      tokens_to_logits=self.make_tokens_to_logits(params, length),
+    from gpt_plugin.inference import t5x_compat  # pylint: disable=import-outside-toplevel
+
+    return t5x_compat.predict_batch_with_aux(
+      self.cached_decoder,
+      params,
+      batch,
+      rng,
+      decode_fn=self.decode_fn,
       eos_id=self.vocabulary.eos_id if self.vocabulary is not None else 1,
+      return_all_decodes=return_all_decodes,
       num_decodes=num_decodes,
-      initial_index=prompt_lengths,
-      cache_offset=1 if scan else 0,
-      **decoder_params,
+      decoder_params=decoder_params,
     )
-    decodes = _remove_prefix(decodes, prompt_lengths)
-    if return_all_decodes:
-      return decodes, {"scores": scores}
-    return decodes[:, -1, :], {"scores": scores[:, -1]}
-
-
-def _remove_prefix(sequences: Array, lengths: Array) -> Array:
-  """Shift each row left by its prompt length: [B, n, L] with lengths [B]."""
-  length = sequences.shape[-1]
-
-  def shift(row, n):
-    idx = jnp.arange(length) + n
-    return jnp.where(idx < length, jnp.take(row, jnp.clip(idx, 0, length - 1), axis=-1), 0)
-
-  return jax.vmap(lambda rows, n: jax.vmap(functools.partial(shift, n=n))(rows))(sequences, lengths)

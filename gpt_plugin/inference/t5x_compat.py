@@ -1,4 +1,11 @@
-r"""Checkpoints across the two runners.
+r"""The T5X-specific parts in one place: the prefix-LM decoding contract and checkpoints across the two runners.
+
+Decoding: `predict_batch_with_aux` maps T5X's `DecoderOnlyModel.predict_batch_with_aux` contract (a
+`decoder_causal_attention` prompt region, `num_decodes`, `decoder_params`, `return_all_decodes`, the prompt
+removed from the result, `decode_fn` called with T5X's keyword names) onto `decode_loop.CachedDecoder`, which
+owns the cache, the prefill and the step function. `DecoderOnlyLM.predict_batch_with_aux` is this function.
+
+Checkpoints:
 
 * T5X -> ours: nothing to do. `gpt_plugin.params_io.load_params` reads T5X's orbax `checkpoint_<step>/state` (params
   under `target`), so `python -m gpt_plugin.infer/eval --gin.CHECKPOINT_PATH=\"<t5x MODEL_DIR>\"` works.
@@ -16,13 +23,70 @@ No t5x import is needed for either direction.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
-from typing import Optional
+from typing import Any, Callable, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gpt_plugin import params_io
+
+
+def prompt_region(batch: Mapping[str, jax.Array]):
+  """(inputs [B, L], prompt_lengths [B]) of a prefix-LM batch (seqio.DecoderFeatureConverter with `inputs`):
+  `decoder_input_tokens` inside the `decoder_causal_attention` region (BOS + prompt), zeros after it."""
+  if "decoder_causal_attention" not in batch:
+    raise ValueError(
+      "predict_batch_with_aux needs `decoder_causal_attention` in the batch (the prompt region), "
+      "as produced by seqio.DecoderFeatureConverter for a task with `inputs` and `targets`"
+    )
+  causal = batch["decoder_causal_attention"]
+  inputs = batch["decoder_input_tokens"] * causal
+  prompt_lengths = jnp.maximum(jnp.sum(causal, axis=1).astype(jnp.int32) - 1, 0)
+  return inputs, prompt_lengths
+
+
+def predict_batch_with_aux(
+  decoder,
+  params: Any,
+  batch: Mapping[str, jax.Array],
+  rng: Optional[jax.Array] = None,
+  *,
+  decode_fn: Callable,
+  eos_id: int,
+  return_all_decodes: bool = False,
+  num_decodes: int = 1,
+  decoder_params: Optional[Mapping[str, Any]] = None,
+):
+  """T5X's `DecoderOnlyModel.predict_batch_with_aux` over `decoder` (a `decode_loop.CachedDecoder`).
+
+  The prompt lengths are only known inside jit here, so the prefill picks its bucket at run time.
+  Returns (decodes [B, L] or [B, num_decodes, L] with the prompt removed, {'scores': [B] or [B, num_decodes]})."""
+  inputs, prompt_lengths = prompt_region(batch)
+  decoder_params = dict(decoder_params or {})
+  if rng is not None:
+    decoder_params["decode_rng"] = rng
+  decodes, scores = decoder.decode(
+    params, inputs, prompt_lengths, decode_fn, eos_id=eos_id, num_decodes=num_decodes, **decoder_params
+  )
+  decodes = remove_prefix(decodes, prompt_lengths)
+  if return_all_decodes:
+    return decodes, {"scores": scores}
+  return decodes[:, -1, :], {"scores": scores[:, -1]}
+
+
+def remove_prefix(sequences: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Shift each row left by its prompt length: [B, n, L] with lengths [B]."""
+  length = sequences.shape[-1]
+
+  def shift(row, n):
+    idx = jnp.arange(length) + n
+    return jnp.where(idx < length, jnp.take(row, jnp.clip(idx, 0, length - 1), axis=-1), 0)
+
+  return jax.vmap(lambda rows, n: jax.vmap(functools.partial(shift, n=n))(rows))(sequences, lengths)
 
 
 def _step_of(path: str) -> int:
