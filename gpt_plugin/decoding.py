@@ -21,7 +21,6 @@ leaf except `cache_index` (and the names T5X also skips) must have the batch dim
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_plugin import decode_loop, decoding
+from gpt_plugin import decode_loop, decoding, models
 
 Tokens = Union[Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -59,7 +59,7 @@ def _model_cache_limit(model) -> Optional[int]:
 def _eos_of(model, eos_id):
   if eos_id is not None:
     return int(eos_id)
-  vocab = getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+  vocab = models.vocabulary_of(model)
   if vocab is not None and getattr(vocab, "eos_id", None) is not None:
     return int(vocab.eos_id)
   return 1
@@ -71,7 +71,7 @@ class Generator:
   def __init__(self, model: Any, params: Any, vocabulary: Any = None):
     self.model = model
     self.params = params
-    self.vocabulary = vocabulary or getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+    self.vocabulary = vocabulary or models.vocabulary_of(model)
     self._decoder = decode_loop.CachedDecoder(model.module)
     self._compiled: Dict[Tuple, Any] = {}
 

@@ -29,6 +29,12 @@ def _default_decode_fn():
   return decoding.temperature_sample
 
 
+def vocabulary_of(model: Any) -> Any:
+  """The vocabulary a model's text goes through: `model.vocabulary` (ours), else `model.output_vocabulary` (T5X
+  models); None when the model has neither. The one lookup the generator, the infer and eval runners share."""
+  return getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+
+
 class DecoderOnlyLM:
   """Causal language model around a `GPTDecoder`-style module.
 

@@ -17,7 +17,6 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (test extra: pip install -e '.[torch]')")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -3,7 +3,6 @@ temperature=..., sample=..., sample_rng=...)` call, batches, samples, text in / 
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

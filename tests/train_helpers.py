@@ -12,7 +12,6 @@
 
 import functools
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import seqio

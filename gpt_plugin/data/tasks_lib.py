@@ -18,7 +18,6 @@ import threading
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
-import numpy as np
 import seqio
 import tensorflow as tf
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_plugin import models
 from gpt_plugin import params_io
 from gpt_plugin.data import vocab_check
 
@@ -175,7 +176,7 @@ def evaluate(
     raise ValueError(f"context lengths {contexts} must be >= 2")
   if not input_file:
     vocab_check.check_model_against_registered_task(model, mixture_or_task_name)  # before anything is written
-  vocab = getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+  vocab = models.vocabulary_of(model)
   if params is None:
     params = params_io.load_model_params(checkpoint_path, model)
   if input_file:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_plugin import models
 from gpt_plugin import params_io
 from gpt_plugin.data import vocab_check
 
@@ -45,7 +46,7 @@ class Prompt:
 
 
 def _vocab(model):
-  vocab = getattr(model, "vocabulary", None) or getattr(model, "output_vocabulary", None)
+  vocab = models.vocabulary_of(model)
   if vocab is None:
     raise ValueError("the model has no vocabulary (bind VOCABULARY in the model gin)")
   return vocab

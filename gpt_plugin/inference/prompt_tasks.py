@@ -8,7 +8,6 @@ Importing this module registers `pydocs_prompts` (gin: `import gpt_plugin.infere
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping, Optional
 
 import seqio
