@@ -304,7 +304,8 @@ def main(argv=None):
   for r in rows:
     print(fmt_row(r))
   print(
-    "MFU convention: F = 6N + 12*L*d*T per token (N incl. embeddings; attention counted in full); peak "
+    "MFU convention: F = GPTConfig.flops_per_token(T) (matmul FLOPs of forward + backward, attention at its real "
+    "width, no position table; the trainer uses the same count); peak "
     + (
       f"{rows[0]['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device"
       if rows and rows[0]["peak_flops_per_device"]
