@@ -228,7 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   sub = parser.add_subparsers(dest="command", required=True)
+  for add_command in (
+    _add_from_torch_parser,
+    _add_to_torch_parser,
+    _add_expand_depth_parser,
+    _add_average_parser,
+    _add_from_hf_parser,
+    _add_to_hf_parser,
+  ):
+    add_command(sub)
+  return parser
 
+
+def _add_from_torch_parser(sub) -> None:
   p = sub.add_parser("from-torch", help="Little-GPT .pth(.tar) -> orbax params")
   p.add_argument("--input", required=True, help="torch.save file: a state dict or a dict with 'state_dict'")
   p.add_argument("--output", required=True, help="output directory (OUT/params, OUT/convert_info.json)")
@@ -241,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin(p)
   p.set_defaults(fn=cmd_from_torch)
 
+
+def _add_to_torch_parser(sub) -> None:
   p = sub.add_parser("to-torch", help="params -> Little-GPT state dict .pth.tar")
   p.add_argument("--input", required=True, help="OUT dir, params dir, MODEL_DIR or .msgpack")
   p.add_argument("--step", type=int, default=None, help="checkpoint step of a MODEL_DIR (default: latest)")
@@ -261,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin(p, scan=False)
   p.set_defaults(fn=cmd_to_torch)
 
+
+def _add_expand_depth_parser(sub) -> None:
   p = sub.add_parser("expand-depth", help="warm start a deeper model (new block i <- old floor(i*old/new))")
   p.add_argument("--input", required=True, help="OUT dir, params dir, MODEL_DIR or .msgpack")
   p.add_argument("--step", type=int, default=None)
@@ -270,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin(p)
   p.set_defaults(fn=cmd_expand_depth)
 
+
+def _add_average_parser(sub) -> None:
   p = sub.add_parser("average", help="mean params of the last k checkpoints of a MODEL_DIR")
   p.add_argument("--model_dir", required=True)
   p.add_argument("--last", type=int, default=4, help="number of most recent checkpoints to average")
@@ -284,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin(p, scan=False)
   p.set_defaults(fn=cmd_average)
 
+
+def _add_from_hf_parser(sub) -> None:
   p = sub.add_parser("from-hf", help="Hugging Face GPT-2 / BLOOM / MPT directory -> params + model.gin")
   p.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin (or shards)")
   p.add_argument("out_dir", help="output directory (OUT/params, OUT/model.gin, OUT/convert_info.json, tokenizer)")
@@ -291,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--msgpack", action="store_true", help="also write OUT/params.msgpack")
   p.set_defaults(fn=cmd_from_hf)
 
+
+def _add_to_hf_parser(sub) -> None:
   p = sub.add_parser("to-hf", help="params -> Hugging Face directory (GPT2LMHeadModel / BloomForCausalLM / MPT)")
   p.add_argument("checkpoint", help="from-hf OUT dir, MODEL_DIR, checkpoint or .msgpack")
   p.add_argument("out_dir", help="directory to write (config.json, model.safetensors, tokenizer files)")
@@ -301,7 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
   )
   _add_gin(p, scan=False)
   p.set_defaults(fn=cmd_to_hf)
-  return parser
 
 
 def _main(argv) -> int:

@@ -301,11 +301,21 @@ def from_torch(
   sd, report = dequantize_8bit(strip_wrappers(state_dict))
   sd = {k: np.asarray(v) for k, v in sd.items()}
   tolerance = {**((quantization or {}).get("tolerance") or {}), **((report or {}).get("tolerance") or {})}
-  d = config.emb_dim
   vocab = (
     np.shape(sd["wte.weight"])[0] if "wte.weight" in sd and np.ndim(sd["wte.weight"]) == 2 else LITTLEGPT_VOCAB_SIZE
   )
   required = torch_shapes(config, vocab)
+  problems = _required_entry_problems(sd, required, vocab, config)
+  problems += _extra_entry_problems(sd, required, vocab, config, check_tied, tolerance)
+  if problems:
+    _fail("the Little-GPT state dict does not match the model", problems)
+  params = _params_from_checked_state_dict(sd, config, vocab, param_dtype)
+  check_params(params, config, "converted params")
+  return params
+
+
+def _required_entry_problems(sd, required, vocab: int, config: GPTConfig) -> list[str]:
+  """Missing, mis-shaped and non-float entries among those `config` needs, and an embedding larger than its vocab."""
   problems = []
   for k, shape in required.items():
     if k not in sd:
@@ -316,6 +326,14 @@ def from_torch(
       problems.append(f"wrong dtype: {k} is {sd[k].dtype} (quantized?); expected a floating-point tensor")
   if vocab > config.vocab_size:
     problems.append(f"wrong shape: wte.weight has {vocab} rows, more than the model's vocab_size={config.vocab_size}")
+  return problems
+
+
+def _extra_entry_problems(sd, required, vocab: int, config: GPTConfig, check_tied: bool, tolerance) -> list[str]:
+  """Entries beyond those `config` needs: ALiBi slopes and mask buffers (checked, then dropped), the tied
+  `lm_head.weight` (equal to `wte.weight`, or within its 8-bit quantization error), anything else is unexpected."""
+  problems = []
+  d = config.emb_dim
   slopes = alibi_slopes(config.num_heads)
   for k in sorted(set(sd) - set(required)):
     m = re.fullmatch(r"blocks\.(\d+)\.attn\.(slopes|mask)", k)
@@ -342,9 +360,13 @@ def from_torch(
         problems.append(f"untied: {k} differs from wte.weight; gpt_plugin ties the output head to the embedding")
       continue
     problems.append(f"unexpected: {k} (shape {tuple(sd[k].shape)})")
-  if problems:
-    _fail("the Little-GPT state dict does not match the model", problems)
+  return problems
 
+
+def _params_from_checked_state_dict(sd, config: GPTConfig, vocab: int, param_dtype) -> Dict[str, Any]:
+  """Our params from a state dict that passed the checks: dense kernels transposed, q/k/v stacked, the embedding
+  padded with zero rows up to `config.vocab_size`."""
+  d = config.emb_dim
   cast = lambda x: np.asarray(x).astype(param_dtype, copy=False)
   ln = lambda p: {"scale": cast(sd[f"{p}.weight"]).copy(), "bias": cast(sd[f"{p}.bias"]).copy()}
   dense = lambda p: {"kernel": cast(sd[f"{p}.weight"]).T.copy(), "bias": cast(sd[f"{p}.bias"]).copy()}
@@ -372,9 +394,7 @@ def from_torch(
     if config.block_type == "sequential":
       layer["mlp_norm"] = ln(f"{p}.ln2")
     layers.append(layer)
-  params = with_layers(params, layers, config.scan_layers)
-  check_params(params, config, "converted params")
-  return params
+  return with_layers(params, layers, config.scan_layers)
 
 
 def to_torch(

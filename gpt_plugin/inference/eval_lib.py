@@ -171,14 +171,42 @@ def evaluate(
   if train_length is None or int(train_length) < 1:
     raise ValueError(f"train_length={train_length} must be the training sequence length (TRAIN_LENGTH)")
   train_length = int(train_length)
-  contexts = sorted({int(c) for c in (context_lengths or [round(m * train_length) for m in context_multipliers])})
-  if any(c < 2 for c in contexts):
-    raise ValueError(f"context lengths {contexts} must be >= 2")
+  contexts = _context_lengths(train_length, context_multipliers, context_lengths)
   if not input_file:
     vocab_check.check_model_against_registered_task(model, mixture_or_task_name)  # before anything is written
   vocab = models.vocabulary_of(model)
   if params is None:
     params = params_io.load_model_params(checkpoint_path, model)
+  stream, source = _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_tokens, max(contexts))
+  num_bytes = _num_bytes(vocab, stream)
+  results = _score_contexts(
+    model, params, stream, contexts, modes, train_length, sliding_divisor, batch_tokens, num_bytes, console
+  )
+  cfg = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+  out = {
+    "checkpoint": str(checkpoint_path),
+    "label": label or _default_label(cfg, checkpoint_path),
+    "source": source,
+    "train_length": train_length,
+    "num_tokens": int(stream.size),
+    "num_bytes": num_bytes,
+    "position_embedding": getattr(cfg, "position_embedding", None),
+    "results": results,
+  }
+  return _write_results(out, output_dir or os.path.join(os.fspath(checkpoint_path), "eval"), compare_results, console)
+
+
+def _context_lengths(train_length: int, context_multipliers, context_lengths) -> List[int]:
+  """The sorted distinct context lengths: `context_lengths`, else `train_length` times each multiplier."""
+  contexts = sorted({int(c) for c in (context_lengths or [round(m * train_length) for m in context_multipliers])})
+  if any(c < 2 for c in contexts):
+    raise ValueError(f"context lengths {contexts} must be >= 2")
+  return contexts
+
+
+def _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_tokens, longest):
+  """`(tokens, source)`: the text file's or the task split's tokens, cut to a whole number of `longest` windows
+  (at most `max_eval_tokens`)."""
   if input_file:
     if vocab is None:
       raise ValueError("input_file needs a vocabulary on the model to tokenize the text")
@@ -187,14 +215,18 @@ def evaluate(
   else:
     if not mixture_or_task_name:
       raise ValueError("give MIXTURE_OR_TASK_NAME (a seqio task) or EVAL_INPUT_FILE (a text file)")
-    stream = token_stream_from_task(mixture_or_task_name, split, max_tokens=max_eval_tokens + max(contexts))
+    stream = token_stream_from_task(mixture_or_task_name, split, max_tokens=max_eval_tokens + longest)
     source = f"{mixture_or_task_name}:{split}"
-  longest = max(contexts)
   n = (min(stream.size, max_eval_tokens) // longest) * longest
   if n == 0:
     raise ValueError(f"evaluation text has {stream.size} tokens, fewer than the longest context {longest}")
-  stream = stream[:n]
-  num_bytes = _num_bytes(vocab, stream)
+  return stream[:n], source
+
+
+def _score_contexts(
+  model, params, stream, contexts, modes, train_length, sliding_divisor, batch_tokens, num_bytes, console
+) -> List[Dict[str, Any]]:
+  """One result record per (mode, context): loss, perplexity, bits per byte, or the error that stopped it."""
   results: List[Dict[str, Any]] = []
   score_fn = jax.jit(lambda p, b: model.score_batch(p, b))
   for mode in modes:
@@ -222,18 +254,12 @@ def evaluate(
       if console:
         bpb = f" bpb {rec['bits_per_byte']:.4f}" if "bits_per_byte" in rec else ""
         print(f"eval {mode:>14} C={c:>6}: loss {loss:.4f} ppl {rec['perplexity']:.3f}{bpb}", flush=True)
-  cfg = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-  out = {
-    "checkpoint": str(checkpoint_path),
-    "label": label or _default_label(cfg, checkpoint_path),
-    "source": source,
-    "train_length": train_length,
-    "num_tokens": int(n),
-    "num_bytes": num_bytes,
-    "position_embedding": getattr(cfg, "position_embedding", None),
-    "results": results,
-  }
-  output_dir = output_dir or os.path.join(os.fspath(checkpoint_path), "eval")
+  return results
+
+
+def _write_results(out: Dict[str, Any], output_dir: str, compare_results, console: bool) -> Dict[str, Any]:
+  """Writes `out` as `eval_results.json` and plots it with the `compare_results` files to `eval_perplexity.png`;
+  returns `out` with `json_path` and `png_path` added."""
   os.makedirs(output_dir, exist_ok=True)
   json_path = os.path.join(output_dir, "eval_results.json")
   with open(json_path, "w") as f:

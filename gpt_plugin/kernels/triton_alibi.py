@@ -421,15 +421,22 @@ def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
 
 
 def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
-  bsz, tp, nh, dp = q.shape
-  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
-  nq, nk = tp // bq, tp // bk
-  kv_len = _kv_len(cfg, tp)
+  """The two backward launches: dq (grid over query blocks), then dk and dv (grid over key blocks)."""
   # delta_i = sum_d o_id * do_id (fp32), laid out like lse: [B, H, Tp].
   delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
-  warps = lambda kernel: cfg.num_warps or default_num_warps(kernel, bq, bk, dp)
+  dq_out = _bwd_dq_call(cfg, q, k, v, slopes2, seg, lse, delta, do)
+  dkdv_out = _bwd_dkdv_call(cfg, q, k, v, slopes2, seg, lse, delta, do)
+  return dq_out, dkdv_out
 
-  # dq: grid over query blocks.
+
+def _bwd_warps(cfg: _Config, kernel: str, dp: int) -> int:
+  return cfg.num_warps or default_num_warps(kernel, cfg.bwd_block_q, cfg.bwd_block_k, dp)
+
+
+def _bwd_dq_call(cfg: _Config, q, k, v, slopes2, seg, lse, delta, do):
+  """dq: grid over query blocks; each program reads its q/do/lse/delta block and the whole k and v."""
+  bsz, tp, nh, dp = q.shape
+  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
   row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
   in_specs = [
     _seq_block_spec(bq, dp),
@@ -455,18 +462,22 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   if cfg.debug_counts:
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(row_spec)
-  dq_out = pl.pallas_call(
-    functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=nk, kv_len=kv_len),
-    grid=(nq, bsz, nh),
+  return pl.pallas_call(
+    functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=tp // bk, kv_len=_kv_len(cfg, tp)),
+    grid=(tp // bq, bsz, nh),
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
-    compiler_params=_compiler_params(cfg, warps("dq")),
+    compiler_params=_compiler_params(cfg, _bwd_warps(cfg, "dq", dp)),
     interpret=cfg.interpret,
     name="flash_alibi_bwd_dq",
   )(*args)
 
-  # dk, dv: grid over key blocks.
+
+def _bwd_dkdv_call(cfg: _Config, q, k, v, slopes2, seg, lse, delta, do):
+  """dk, dv: grid over key blocks; each program reads its k/v block and the whole q, do, lse and delta."""
+  bsz, tp, nh, dp = q.shape
+  bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
   full_row = pl.BlockSpec((None, None, tp), lambda j, b, h: (b, h, 0))
   in_specs = [
     _full_seq_spec(tp, dp),
@@ -479,6 +490,7 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   ]
   args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bk))]
   if cfg.has_segments:
+    ids, extent = seg
     in_specs += [
       pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
       pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
@@ -491,17 +503,16 @@ def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
   if cfg.debug_counts:
     out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, bk), lambda j, b, h: (b, h, j)))
-  dkdv_out = pl.pallas_call(
-    functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=nq, kv_len=kv_len),
-    grid=(nk, bsz, nh),
+  return pl.pallas_call(
+    functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=tp // bq, kv_len=_kv_len(cfg, tp)),
+    grid=(tp // bk, bsz, nh),
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
-    compiler_params=_compiler_params(cfg, warps("dkdv")),
+    compiler_params=_compiler_params(cfg, _bwd_warps(cfg, "dkdv", dp)),
     interpret=cfg.interpret,
     name="flash_alibi_bwd_dkdv",
   )(*args)
-  return dq_out, dkdv_out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -241,6 +241,36 @@ def _next_loss_scale(state: TrainState, ok, dynamic_loss_scale: bool, growth_int
   return new_scale, jnp.where(grow, 0, good)
 
 
+def _loop_under_shard_map(num_microbatches: int, mesh, manual: Sequence[str]) -> bool:
+  """Whether the microbatch loop can run under `shard_map`: several microbatches on a mesh whose batch axes
+  `manual` exist and span more than one device."""
+  return bool(
+    num_microbatches > 1
+    and mesh is not None
+    and all(a in mesh.shape for a in manual)
+    and int(np.prod([mesh.shape[a] for a in manual])) > 1
+  )
+
+
+def _apply_if_finite(
+  state: TrainState, tx: optax.GradientTransformation, grads, ok, dynamic_loss_scale: bool, growth_interval: int
+) -> TrainState:
+  """The next state: the optimiser update where `ok` (finite loss and gradient norm), else the old params and
+  optimiser state with `bad_steps` counted up; the step always advances and the loss scale follows `ok`."""
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  new_scale, good = _next_loss_scale(state, ok, dynamic_loss_scale, growth_interval)
+  return state.replace(
+    step=state.step + 1,
+    params=keep(new_params, state.params),
+    opt_state=keep(new_opt_state, state.opt_state),
+    loss_scale=new_scale,
+    good_steps=good.astype(jnp.int32),
+    bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32),
+  )
+
+
 def make_train_step(
   model: Any,
   tx: optax.GradientTransformation,
@@ -261,13 +291,7 @@ def make_train_step(
   """
   mesh = _mesh_of(params_shardings)
   manual = tuple(partitioning.BATCH_AXES)
-  use_shard_map = bool(
-    single_reduction
-    and num_microbatches > 1
-    and mesh is not None
-    and all(a in mesh.shape for a in manual)
-    and int(np.prod([mesh.shape[a] for a in manual])) > 1
-  )
+  use_shard_map = single_reduction and _loop_under_shard_map(num_microbatches, mesh, manual)
   loss_sum_fn, loss_denominator = _loss_sum_and_denominator(model, weight_key)
 
   def microbatch_value_and_grad(params, mb, rng, scale):
@@ -297,19 +321,7 @@ def make_train_step(
     loss = loss_sum / denom
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_scale, good = _next_loss_scale(state, ok, dynamic_loss_scale, growth_interval)
-    new_state = state.replace(
-      step=state.step + 1,
-      params=keep(new_params, state.params),
-      opt_state=keep(new_opt_state, state.opt_state),
-      loss_scale=new_scale,
-      good_steps=good.astype(jnp.int32),
-      bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32),
-    )
+    new_state = _apply_if_finite(state, tx, grads, ok, dynamic_loss_scale, growth_interval)
     out = {
       "loss": loss,
       "loss_sum": loss_sum,
