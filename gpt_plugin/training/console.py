@@ -3,6 +3,7 @@ when stdout is a terminal (plain log lines otherwise), and one-off lines. Only p
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
@@ -31,7 +32,15 @@ class Console:
       return
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-    self._bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stdout)
+    sized = _terminal_columns() > 0  # a pty that reports 0 columns (script, some CI shells): a fixed width
+    self._bar = tqdm(
+      total=end_step,
+      initial=start_step,
+      unit="step",
+      dynamic_ncols=sized,
+      ncols=None if sized else 100,
+      file=sys.stdout,
+    )
 
   def step_done(self, loss: float) -> None:
     if self._bar is not None:
@@ -96,3 +105,10 @@ def gin_files_from_flags() -> Sequence[str]:
     return list(flags.FLAGS.gin_file or []) if flags.FLAGS.is_parsed() and "gin_file" in flags.FLAGS else []
   except Exception:  # pylint: disable=broad-except
     return []
+
+
+def _terminal_columns() -> int:
+  try:
+    return os.get_terminal_size(sys.stdout.fileno()).columns
+  except (OSError, ValueError):
+    return 0
