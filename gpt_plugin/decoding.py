@@ -250,6 +250,21 @@ def _sampling_init(inputs: Array, cache: PyTree, initial_index, limit: Array, de
   )
 
 
+def _repeat_for_decodes(n: int, cache_offset: int, inputs, cache, initial_index, temperature, topp):
+  """Repeats every per-row argument n times ([B, ...] -> [B*n, ...]) for n decodes per prompt."""
+  inputs = _repeat_rows(inputs, n)
+  cache = cache_map(
+    functools.partial(_repeat_rows, n=n, axis=cache_offset), cache, apply_to_index=initial_index is not None
+  )
+  if initial_index is not None:
+    initial_index = _repeat_rows(jnp.asarray(initial_index), n)
+  if jnp.ndim(temperature) == 1:
+    temperature = _repeat_rows(jnp.asarray(temperature), n)
+  if not isinstance(topp, (int, float)) and jnp.ndim(topp) == 1:
+    topp = _repeat_rows(jnp.asarray(topp), n)
+  return inputs, cache, initial_index, temperature, topp
+
+
 def _sort_best_last(decodes: Array, scores: Array) -> Tuple[Array, Array]:
   """decodes [B, n, L], scores [B, n] -> both ordered by ascending score."""
   order = jnp.argsort(scores, axis=-1)
@@ -298,16 +313,9 @@ def temperature_sample(
   flat_batch = batch * num_decodes
   inputs = inputs.astype(jnp.int32)
   if num_decodes > 1:
-    inputs = _repeat_rows(inputs, num_decodes)
-    cache = cache_map(
-      functools.partial(_repeat_rows, n=num_decodes, axis=cache_offset), cache, apply_to_index=initial_index is not None
+    inputs, cache, initial_index, temperature, topp = _repeat_for_decodes(
+      num_decodes, cache_offset, inputs, cache, initial_index, temperature, topp
     )
-    if initial_index is not None:
-      initial_index = _repeat_rows(jnp.asarray(initial_index), num_decodes)
-    if jnp.ndim(temperature) == 1:
-      temperature = _repeat_rows(jnp.asarray(temperature), num_decodes)
-    if not isinstance(topp, (int, float)) and jnp.ndim(topp) == 1:
-      topp = _repeat_rows(jnp.asarray(topp), num_decodes)
 
   # Per-row last writable position (output coordinates: a token is written at input index i + 1 <= limit).
   limit = jnp.full((flat_batch,), length, jnp.int32)
