@@ -65,6 +65,111 @@ def _eos_of(model, eos_id):
   return 1
 
 
+def _resolve_max_length(model, rows: List[List[int]], max_length, max_new_tokens, eos_id) -> int:
+  """Checks the prompts against the length arguments and returns the total length (also the KV-cache length)."""
+  for i, p in enumerate(rows):
+    if not p:
+      raise ValueError(
+        f"prompt {i} is empty: give at least one token (e.g. the EOS id "
+        f"{_eos_of(model, eos_id)} to start a new document)"
+      )
+  longest = max(len(p) for p in rows)
+  if (max_length is None) == (max_new_tokens is None):
+    raise ValueError("give exactly one of max_length (prompt + new tokens) and max_new_tokens")
+  if max_length is None:
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    max_length = longest + int(max_new_tokens)
+  max_length = int(max_length)
+  if longest >= max_length:
+    raise ValueError(
+      f"prompt of {longest} tokens does not fit max_length={max_length} (the KV-cache length); "
+      f"max_length must exceed the prompt length to leave room for new tokens"
+    )
+  table = _model_cache_limit(model)
+  if table is not None and max_length > table:
+    raise ValueError(
+      f"max_length={max_length} exceeds the learned position table "
+      f"(max_position_embeddings={table}); ALiBi models have no such limit"
+    )
+  return max_length
+
+
+def _decoder_inputs(rows: List[List[int]], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Decoder-input convention: BOS 0 at position 0, the prompt at 1..n (prefill positions < n, start at n)."""
+  inputs = np.zeros((len(rows), max_length), np.int32)
+  lengths = np.zeros((len(rows),), np.int32)
+  for b, p in enumerate(rows):
+    inputs[b, 1 : len(p) + 1] = p[: max_length - 1]
+    lengths[b] = len(p)
+  return inputs, lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecodeSettings:
+  """What `Generator.generate`'s keyword arguments mean for the compiled program."""
+
+  method: str  # "beam" or "sample"
+  kwargs: Dict[str, Any]  # static keyword arguments of the decoding function
+  temperature: float  # 0: greedy
+  topp: float  # 0: no nucleus cut
+  n_out: int  # decodes returned per prompt
+
+
+def _decode_settings(
+  eos: int, sample, temperature, top_k, top_p, num_samples, num_beams, alpha, rescale_log_probs
+) -> _DecodeSettings:
+  """Validates the sampling / beam arguments (one message naming the value) and maps them to decoder settings."""
+  if num_beams is not None:
+    if num_samples > num_beams:
+      raise ValueError(f"num_samples={num_samples} exceeds num_beams={num_beams}")
+    kwargs = dict(eos_id=eos, num_decodes=int(num_beams), alpha=float(alpha))
+    return _DecodeSettings("beam", kwargs, 0.0, 0.0, int(num_samples))
+  if sample:
+    if temperature is None or temperature <= 0:
+      raise ValueError(f"temperature={temperature} must be > 0 when sample=True (use sample=False for greedy)")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+      raise ValueError(f"top_p={top_p} must lie in (0, 1]")
+    if top_k is not None and top_k < 1:
+      raise ValueError(f"top_k={top_k} must be >= 1")
+    if top_k and top_p is not None:
+      raise ValueError(f"give at most one of top_k={top_k} and top_p={top_p}")
+    temp, topk, topp = float(temperature), int(top_k or 0), float(top_p or 0.0)
+  else:
+    temp, topk, topp = 0.0, 0, 0.0
+  kwargs = dict(eos_id=eos, num_decodes=int(num_samples), topk=topk, rescale_log_probs=rescale_log_probs)
+  return _DecodeSettings("sample", kwargs, temp, topp, int(num_samples))
+
+
+def _pack_output(
+  decodes: np.ndarray, scores: np.ndarray, rows: List[List[int]], lengths: np.ndarray, eos: int, max_length: int
+) -> GenerateOutput:
+  """Decoder outputs [B, N, L] (output coordinates, best first) -> prompt + continuation rows, cut at EOS."""
+  batch, n_out = scores.shape
+  sequences = np.zeros((batch, n_out, max_length), np.int32)
+  continuations, finished = [], np.zeros((batch, n_out), bool)
+  for b in range(batch):
+    n = int(lengths[b])
+    per = []
+    for s in range(n_out):
+      row = decodes[b, s]  # output coordinates: [x1..xn, y1, ...]
+      new = row[n:].tolist()
+      if eos in new:
+        new = new[: new.index(eos)]
+        finished[b, s] = True
+      else:
+        while new and new[-1] == 0:  # padding after the limit
+          new.pop()
+      per.append(new)
+      full = list(rows[b]) + new + ([eos] if finished[b, s] else [])
+      full = full[:max_length]
+      sequences[b, s, : len(full)] = full
+    continuations.append(per)
+  return GenerateOutput(
+    sequences=sequences, continuations=continuations, scores=scores, finished=finished, prompt_lengths=lengths
+  )
+
+
 class Generator:
   """Holds a model and its params; compiles one decoding program per shape and setting and reuses it."""
 
@@ -155,100 +260,36 @@ class Generator:
       for a batch, with an extra sample axis when num_samples > 1; or a `GenerateOutput`.
     """
     rows, single = self._encode_prompts(prompts)
-    for i, p in enumerate(rows):
-      if not p:
-        raise ValueError(
-          f"prompt {i} is empty: give at least one token (e.g. the EOS id "
-          f"{_eos_of(self.model, eos_id)} to start a new document)"
-        )
-    longest = max(len(p) for p in rows)
-    if (max_length is None) == (max_new_tokens is None):
-      raise ValueError("give exactly one of max_length (prompt + new tokens) and max_new_tokens")
-    if max_length is None:
-      if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-      max_length = longest + int(max_new_tokens)
-    max_length = int(max_length)
-    if longest >= max_length:
-      raise ValueError(
-        f"prompt of {longest} tokens does not fit max_length={max_length} (the KV-cache length); "
-        f"max_length must exceed the prompt length to leave room for new tokens"
-      )
-    table = _model_cache_limit(self.model)
-    if table is not None and max_length > table:
-      raise ValueError(
-        f"max_length={max_length} exceeds the learned position table "
-        f"(max_position_embeddings={table}); ALiBi models have no such limit"
-      )
+    max_length = _resolve_max_length(self.model, rows, max_length, max_new_tokens, eos_id)
     if num_beams is not None and num_beams < 1:
       raise ValueError(f"num_beams={num_beams} must be >= 1")
     if num_samples < 1:
       raise ValueError(f"num_samples={num_samples} must be >= 1")
     eos = _eos_of(self.model, eos_id)
-
-    batch = len(rows)
-    inputs = np.zeros((batch, max_length), np.int32)
-    lengths = np.zeros((batch,), np.int32)
-    for b, p in enumerate(rows):
-      inputs[b, 1 : len(p) + 1] = p[: max_length - 1]
-      lengths[b] = len(p)
-    # decoder-input convention: BOS 0 at position 0, the prompt at 1..n; prefill positions < n, start at n.
+    inputs, lengths = _decoder_inputs(rows, max_length)
     rng = sample_rng if sample_rng is not None else jax.random.PRNGKey(0)
-    if num_beams is not None:
-      method = "beam"
-      kwargs = dict(eos_id=eos, num_decodes=int(num_beams), alpha=float(alpha))
-      temp, topp = 0.0, 0.0
-      if num_samples > num_beams:
-        raise ValueError(f"num_samples={num_samples} exceeds num_beams={num_beams}")
-      n_out = int(num_samples)
-    else:
-      method = "sample"
-      if sample:
-        if temperature is None or temperature <= 0:
-          raise ValueError(f"temperature={temperature} must be > 0 when sample=True (use sample=False for greedy)")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-          raise ValueError(f"top_p={top_p} must lie in (0, 1]")
-        if top_k is not None and top_k < 1:
-          raise ValueError(f"top_k={top_k} must be >= 1")
-        if top_k and top_p is not None:
-          raise ValueError(f"give at most one of top_k={top_k} and top_p={top_p}")
-        temp, topk, topp = float(temperature), int(top_k or 0), float(top_p or 0.0)
-      else:
-        temp, topk, topp = 0.0, 0, 0.0
-      kwargs = dict(eos_id=eos, num_decodes=int(num_samples), topk=topk, rescale_log_probs=rescale_log_probs)
-      n_out = int(num_samples)
-    prefill = self._prefill_length(longest, max_length)
-    key = (method, batch, max_length, prefill, tuple(sorted(kwargs.items())), topp > 0.0, temp <= 0.0)
-    program = self._program(key, method, kwargs, use_topp=topp > 0.0, greedy=temp <= 0.0, prefill=prefill)
+    settings = _decode_settings(
+      eos, sample, temperature, top_k, top_p, num_samples, num_beams, alpha, rescale_log_probs
+    )
+    prefill = self._prefill_length(max(len(p) for p in rows), max_length)
+    use_topp, greedy = settings.topp > 0.0, settings.temperature <= 0.0
+    kwargs = settings.kwargs
+    key = (settings.method, len(rows), max_length, prefill, tuple(sorted(kwargs.items())), use_topp, greedy)
+    program = self._program(key, settings.method, kwargs, use_topp=use_topp, greedy=greedy, prefill=prefill)
     decodes, scores = program(
-      self.params, jnp.asarray(inputs), jnp.asarray(lengths), rng, jnp.float32(temp), jnp.float32(topp)
+      self.params,
+      jnp.asarray(inputs),
+      jnp.asarray(lengths),
+      rng,
+      jnp.float32(settings.temperature),
+      jnp.float32(settings.topp),
     )
+    n_out = settings.n_out
     decodes, scores = np.asarray(decodes)[:, ::-1][:, :n_out], np.asarray(scores)[:, ::-1][:, :n_out]  # best first
-    sequences = np.zeros((batch, n_out, max_length), np.int32)
-    continuations, finished = [], np.zeros((batch, n_out), bool)
-    for b in range(batch):
-      n = int(lengths[b])
-      per = []
-      for s in range(n_out):
-        row = decodes[b, s]  # output coordinates: [x1..xn, y1, ...]
-        new = row[n:].tolist()
-        if eos in new:
-          new = new[: new.index(eos)]
-          finished[b, s] = True
-        else:
-          while new and new[-1] == 0:  # padding after the limit
-            new.pop()
-        per.append(new)
-        full = list(rows[b]) + new + ([eos] if finished[b, s] else [])
-        full = full[:max_length]
-        sequences[b, s, : len(full)] = full
-      continuations.append(per)
-    out = GenerateOutput(
-      sequences=sequences, continuations=continuations, scores=scores, finished=finished, prompt_lengths=lengths
-    )
+    out = _pack_output(decodes, scores, rows, lengths, eos, max_length)
     if return_output:
       return out
-    result = sequences[:, 0] if n_out == 1 else sequences
+    result = out.sequences[:, 0] if n_out == 1 else out.sequences
     return result[0] if single else result
 
   def generate_text(
