@@ -266,7 +266,13 @@ def test_readme_quickstart_infer_and_build_corpus_run(tmp_path):
     return out
 
   quick = next(c for c in commands if c.runner == "gpt_plugin.train")
-  short = ["--gin.TRAIN_STEPS=2", "--gin.WARMUP_STEPS=1", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=2", "--gin.EVAL_STEPS=1"]
+  short = [
+    "--gin.TRAIN_STEPS=2",
+    "--gin.WARMUP_STEPS=1",
+    "--gin.BATCH_SIZE=4",
+    "--gin.EVAL_PERIOD=2",
+    "--gin.EVAL_STEPS=1",
+  ]
   short += ["--gin.CHECKPOINT_PERIOD=2", "--gin.train_lib.train.sample_length=4"]
   out = _run(argv_of(quick, {"/tmp/gpt_plugin_quickstart": model_dir}) + short)
   assert "step 2/2" in out and os.path.isdir(os.path.join(model_dir, "checkpoint_2")), out[-2000:]
