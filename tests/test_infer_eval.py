@@ -284,3 +284,12 @@ def test_cli_interactive_and_bad_checkpoint(trained):
     base + ["--gin.CHECKPOINT_PATH='/nonexistent/ckpt'"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )
   assert bad.returncode == 2 and "/nonexistent/ckpt" in bad.stderr
+
+
+def test_eval_stream_spreads_over_the_whole_split_not_its_first_documents():
+  examples = [np.full(10, i, np.int32) for i in range(100)]  # example i holds tokens i
+  picked = eval_lib.spread_examples(examples, 95)
+  ids = [int(e[0]) for e in picked]
+  assert sum(e.size for e in picked) >= 95 and ids == sorted(ids) and len(set(ids)) == len(ids)
+  assert ids[0] == 0 and ids[-1] == 99 and max(np.diff(ids)) <= 12  # from the first to the last example, evenly
+  assert eval_lib.spread_examples(examples, 5000) == examples  # a small split: all of it

@@ -33,22 +33,40 @@ from gpt_plugin import params_io
 from gpt_plugin.data import vocab_check
 
 
-def token_stream_from_task(name: str, split: str = "validation", max_tokens: Optional[int] = None) -> np.ndarray:
+def token_stream_from_task(
+  name: str, split: str = "validation", max_tokens: Optional[int] = None, max_scan_tokens: int = 1 << 24
+) -> np.ndarray:
+  """The `targets` of the split's examples, in order, as one token stream. With `max_tokens`, about that many
+  tokens from examples spread evenly over the whole split (at most its first `max_scan_tokens` tokens are
+  read), not its first documents."""
   import seqio  # pylint: disable=import-outside-toplevel
   from gpt_plugin.data import sample_task  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
   provider = seqio.get_mixture_or_task(name)
   ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
-  chunks, total = [], 0
+  examples, total = [], 0
   for ex in ds.as_numpy_iterator():
-    t = np.asarray(ex["targets"], np.int32)
-    chunks.append(t)
-    total += t.size
-    if max_tokens is not None and total >= max_tokens:
+    examples.append(np.asarray(ex["targets"], np.int32))
+    total += examples[-1].size
+    if total >= max_scan_tokens:
       break
-  if not chunks:
+  if not examples:
     raise ValueError(f"task {name!r} split {split!r} yielded no examples")
-  return np.concatenate(chunks)
+  if max_tokens is not None and total > max_tokens:
+    examples = spread_examples(examples, max_tokens)
+  return np.concatenate(examples)
+
+
+def spread_examples(examples: Sequence[np.ndarray], max_tokens: int) -> List[np.ndarray]:
+  """Examples at evenly spaced positions of `examples` (kept in order) holding at least `max_tokens` tokens, or
+  all of them."""
+  mean = sum(e.size for e in examples) / len(examples)
+  count = min(len(examples), max(1, math.ceil(max_tokens / max(mean, 1.0))))
+  while True:
+    picked = np.unique(np.linspace(0, len(examples) - 1, count).round().astype(int))
+    if count == len(examples) or sum(examples[i].size for i in picked) >= max_tokens:
+      return [examples[i] for i in picked]
+    count = min(len(examples), count + max(1, count // 8))
 
 
 def token_stream_from_file(path: str, vocab) -> np.ndarray:
