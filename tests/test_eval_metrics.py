@@ -55,6 +55,7 @@ def test_pydocs_score_metrics_equal_the_eval_runner(tmp_path):
     context_lengths=[LENGTH],
     modes=["nonoverlapping"],
     max_eval_tokens=EXAMPLES * LENGTH,
+    spread_over_split=False,  # the first examples, as seqio's Evaluator (and t5x.eval) with num_examples
     console=False,
   )
   (rec,) = ref["results"]

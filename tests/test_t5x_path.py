@@ -173,6 +173,7 @@ def _check_t5x_eval_matches_ours(checkpoint, ours, tiny_arch, tmp_path):
     context_lengths=[length],
     modes=["nonoverlapping"],
     max_eval_tokens=windows * length,
+    spread_over_split=False,  # the first examples, as t5x.eval with num_examples
     console=False,
   )
   (rec,) = res["results"]

@@ -34,11 +34,15 @@ from gpt_plugin.data import vocab_check
 
 
 def token_stream_from_task(
-  name: str, split: str = "validation", max_tokens: Optional[int] = None, max_scan_tokens: int = 1 << 24
+  name: str,
+  split: str = "validation",
+  max_tokens: Optional[int] = None,
+  max_scan_tokens: int = 1 << 24,
+  spread: bool = True,
 ) -> np.ndarray:
   """The `targets` of the split's examples, in order, as one token stream. With `max_tokens`, about that many
   tokens from examples spread evenly over the whole split (at most its first `max_scan_tokens` tokens are
-  read), not its first documents."""
+  read), not its first documents; `spread=False`: its first `max_tokens` tokens."""
   import seqio  # pylint: disable=import-outside-toplevel
   from gpt_plugin.data import sample_task  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
@@ -48,7 +52,7 @@ def token_stream_from_task(
   for ex in ds.as_numpy_iterator():
     examples.append(np.asarray(ex["targets"], np.int32))
     total += examples[-1].size
-    if total >= max_scan_tokens:
+    if total >= (max_scan_tokens if spread or max_tokens is None else max_tokens):
       break
   if not examples:
     raise ValueError(f"task {name!r} split {split!r} yielded no examples")
@@ -175,6 +179,7 @@ def evaluate(
   modes: Sequence[str] = ("nonoverlapping", "sliding"),
   sliding_divisor: int = 4,
   max_eval_tokens: int = 32768,
+  spread_over_split: bool = True,
   batch_tokens: int = 8192,
   label: Optional[str] = None,
   compare_results: Sequence[str] = (),
@@ -184,6 +189,8 @@ def evaluate(
   """Scores the evaluation stream at each context length and mode; writes `eval_results.json` and
   `eval_perplexity.png` to `output_dir` (default `<checkpoint_path>/eval`). Returns the results dict.
 
+  `spread_over_split`: the `max_eval_tokens` come from examples spread evenly over the whole split (default);
+  False: from its first examples, the ones `t5x.eval` scores with `num_examples` (to compare the two).
   `compare_results`: other `eval_results.json` files drawn into the same plot (e.g. a learned-position control).
   A context the model cannot run (learned positions past their table) is recorded with its error."""
   if train_length is None or int(train_length) < 1:
@@ -195,7 +202,9 @@ def evaluate(
   vocab = models.vocabulary_of(model)
   if params is None:
     params = params_io.load_model_params(checkpoint_path, model)
-  stream, source = _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_tokens, max(contexts))
+  stream, source = _evaluation_stream(
+    vocab, input_file, mixture_or_task_name, split, max_eval_tokens, max(contexts), spread_over_split
+  )
   num_bytes = _num_bytes(vocab, stream)
   results = _score_contexts(
     model, params, stream, contexts, modes, train_length, sliding_divisor, batch_tokens, num_bytes, console
@@ -222,7 +231,7 @@ def _context_lengths(train_length: int, context_multipliers, context_lengths) ->
   return contexts
 
 
-def _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_tokens, longest):
+def _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_tokens, longest, spread=True):
   """`(tokens, source)`: the text file's or the task split's tokens, cut to a whole number of `longest` windows
   (at most `max_eval_tokens`)."""
   if input_file:
@@ -233,7 +242,7 @@ def _evaluation_stream(vocab, input_file, mixture_or_task_name, split, max_eval_
   else:
     if not mixture_or_task_name:
       raise ValueError("give MIXTURE_OR_TASK_NAME (a seqio task) or EVAL_INPUT_FILE (a text file)")
-    stream = token_stream_from_task(mixture_or_task_name, split, max_tokens=max_eval_tokens + longest)
+    stream = token_stream_from_task(mixture_or_task_name, split, max_eval_tokens + longest, spread=spread)
     source = f"{mixture_or_task_name}:{split}"
   n = (min(stream.size, max_eval_tokens) // longest) * longest
   if n == 0:
