@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 import traceback
 from typing import Callable, List, Optional, Sequence
 
@@ -69,21 +68,17 @@ def quiet_native_logs(verbose: Optional[bool] = None):
   if verbose:
     yield
     return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as tmp:
-    os.dup2(tmp.fileno(), 2)
-    try:
+  from gpt_plugin import stderr_capture  # pylint: disable=g-import-not-at-top
+
+  captured: List[str] = []
+  try:
+    with stderr_capture.captured_stderr() as captured:
       yield
-    finally:
+  finally:
+    kept = [line for line in "".join(captured).splitlines() if not _NATIVE_NOISE.search(line)]
+    if kept:
+      sys.stderr.write("\n".join(kept) + "\n")
       sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      tmp.seek(0)
-      kept = [line for line in tmp.read().decode(errors="replace").splitlines() if not _NATIVE_NOISE.search(line)]
-      if kept:
-        sys.stderr.write("\n".join(kept) + "\n")
-        sys.stderr.flush()
 
 
 def _raised_by_our_code(e: BaseException) -> bool:

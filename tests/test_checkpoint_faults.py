@@ -237,3 +237,15 @@ def test_cli_refusal_and_no_step_applied_exit_2_with_one_message(trained, tmp_pa
   assert r.returncode == 2, r.stderr[-3000:]
   assert r.stderr.count("ERROR:") == 1 and "no training step was applied" in r.stderr, r.stderr[-3000:]
   assert "Traceback" not in r.stderr
+
+
+def test_cli_fallback_prints_one_warning_and_no_orbax_thread_traces(trained, tmp_path):
+  """The failed restore of a truncated array file makes orbax/TensorStore threads print pages of traces; the
+  runner shows the one warning instead."""
+  md = _copy(trained, tmp_path)
+  _truncate_largest_array_file(md)
+  r = _cli(md, "--gin.TRAIN_STEPS=10")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stderr.count("is used instead") == 1, r.stderr[-3000:]
+  for noise in ("Traceback", "Event loop is closed"):
+    assert noise not in r.stderr + r.stdout, r.stderr[-3000:]

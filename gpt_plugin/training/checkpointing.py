@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
@@ -19,8 +20,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gpt_plugin import cli
 from gpt_plugin import errors
 from gpt_plugin import params_io
+from gpt_plugin import stderr_capture
 from gpt_plugin import tree_paths
 from gpt_plugin import checkpoint_layout as layout
 
@@ -160,10 +163,18 @@ class Checkpointer:
     NoRestorableCheckpointError, changing nothing, when checkpoints exist but none restores."""
     failures: List[Tuple[int, str]] = []  # (step, reason)
     for step in sorted(self.all_steps(), reverse=True):
-      try:
-        state, data = self.restore(step, abstract_state)
-      except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
-        failures.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
+      # A failed restore makes orbax/TensorStore threads print pages of traces ("Event loop is closed", specs);
+      # the warning below says what failed, so that output is shown only for a restore that worked (or --verbose).
+      with stderr_capture.captured_stderr() as native_output:
+        try:
+          state, data = self.restore(step, abstract_state)
+          error = None
+        except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
+          error = e
+      if error is None or cli.verbose_requested(sys.argv[1:]):
+        sys.stderr.write("".join(native_output))
+      if error is not None:
+        failures.append((step, " ".join(f"{type(error).__name__}: {error}".split())[:300]))
         continue
       if failures:
         for bad, _ in failures:
