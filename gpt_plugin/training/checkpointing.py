@@ -10,6 +10,7 @@ cleaned up on the next start).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -162,33 +163,41 @@ class Checkpointer:
     again) and `warn` is called once, naming them, why, and the checkpoint used instead. Raises
     NoRestorableCheckpointError, changing nothing, when checkpoints exist but none restores."""
     failures: List[Tuple[int, str]] = []  # (step, reason)
-    for step in sorted(self.all_steps(), reverse=True):
-      # A failed restore makes orbax/TensorStore threads print pages of traces ("Event loop is closed", specs);
-      # the warning below says what failed, so that output is shown only for a restore that worked (or --verbose).
-      with stderr_capture.captured_stderr() as native_output:
-        try:
-          state, data = self.restore(step, abstract_state)
-          error = None
-        except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
-          error = e
-      if error is None or cli.verbose_requested(sys.argv[1:]):
-        sys.stderr.write("".join(native_output))
-      if error is not None:
-        failures.append((step, " ".join(f"{type(error).__name__}: {error}".split())[:300]))
-        continue
-      if failures:
-        for bad, _ in failures:
-          self._set_aside(bad)
-        warn(
-          f"restoring {layout.step_dir_name(failures[0][0])} in {self.directory} failed, so the newest checkpoint "
-          f"that restores, {layout.step_dir_name(step)}, is used instead ({_describe_failures(failures, True)})"
-        )
-      return step, state, data
-    if failures:
+    # A failed restore makes orbax/TensorStore threads print pages of traces ("Event loop is closed", specs), some
+    # of them only when its coroutines are collected or its callbacks fire, after the restore has returned. The
+    # warning below says what failed, so all restore output is held back when anything failed (--verbose shows it).
+    with stderr_capture.captured_stderr() as native_output:
+      try:
+        found = self._restore_newest(abstract_state, failures)
+      finally:
+        if failures:
+          gc.collect()
+          native_output.wait_until_quiet()
+    if not failures or cli.verbose_requested(sys.argv[1:]):
+      sys.stderr.write("".join(native_output))
+    if found is None and failures:
       raise NoRestorableCheckpointError(
         f"no checkpoint in {self.directory} restores ({_describe_failures(failures, False)}); nothing was changed. "
         f"Use another MODEL_DIR, or move the broken checkpoints away to start from scratch"
       )
+    if found is not None and failures:
+      for bad, _ in failures:
+        self._set_aside(bad)
+      warn(
+        f"restoring {layout.step_dir_name(failures[0][0])} in {self.directory} failed, so the newest checkpoint "
+        f"that restores, {layout.step_dir_name(found[0])}, is used instead ({_describe_failures(failures, True)})"
+      )
+    return found
+
+  def _restore_newest(self, abstract_state: Any, failures: List[Tuple[int, str]]):
+    """Tries each checkpoint, newest first; appends (step, reason) to `failures` for each that fails."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(step, abstract_state)
+        return step, state, data
+      except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
+        failures.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
+        _finalize_failed_restore(e)
     return None
 
   def _set_aside(self, step: int) -> None:
@@ -213,6 +222,33 @@ class Checkpointer:
       self.manager.wait_until_finished()
     finally:
       self.manager.close()
+
+
+def _finalize_failed_restore(error: BaseException) -> None:
+  """Drops what a failed restore still holds and keeps orbax's abandoned read coroutines quiet from now on.
+
+  Each coroutine that read a broken array re-raises its error when the garbage collector finalises it, and Python
+  prints that as "Exception ignored in: <coroutine ...>" with a page of TensorStore spec, at whatever moment the
+  collection happens (often well after the restore). The warning of `restore_newest_good` already names the
+  failure, so those reports go to the debug log (shown with --verbose) instead."""
+  error.__traceback__ = None
+  error.__context__ = error.__cause__ = None
+  global _previous_unraisablehook
+  if _previous_unraisablehook is None:
+    _previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _quiet_orbax_coroutine_reports
+
+
+_previous_unraisablehook: Optional[Callable[[Any], None]] = None
+
+
+def _quiet_orbax_coroutine_reports(unraisable: Any) -> None:
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and "orbax" in code.co_filename:
+    if cli.verbose_requested(sys.argv[1:]):
+      logging.warning("ignored in %s: %s", unraisable.object, unraisable.exc_value)
+    return
+  _previous_unraisablehook(unraisable)
 
 
 def _describe_failures(failures: List[Tuple[int, str]], moved: bool) -> str:
