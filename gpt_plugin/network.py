@@ -283,7 +283,13 @@ class GPTDecoder(nn.Module):
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(seq)[None], (batch, seq))
       x = x + PositionEmbedding(
-        cfg.max_position_embeddings, cfg.emb_dim, cfg.init_std, dtype, param_dtype, name="position_embedder"
+        cfg.max_position_embeddings,
+        cfg.emb_dim,
+        cfg.init_std,
+        dtype,
+        param_dtype,
+        cache_layer_axis=cfg.scan_layers,
+        name="position_embedder",
       )(positions, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths, seq_len=seq)
     if cfg.embedding_layer_norm:
       x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, cfg.use_bias, name="embedding_norm")(x)
@@ -308,7 +314,7 @@ class GPTDecoder(nn.Module):
     x = LayerNorm(cfg.layer_norm_epsilon, dtype, param_dtype, cfg.use_bias, name="final_norm")(x)
     logits = nn.with_logical_constraint(embedder.attend(x), ("batch", "length", "vocab"))
     if cfg.head_qk_trick:
-      logits = HeadQK(cfg.head_qk_dim, dtype, param_dtype, name="head_qk")(
+      logits = HeadQK(cfg.head_qk_dim, dtype, param_dtype, cache_layer_axis=cfg.scan_layers, name="head_qk")(
         x, tokens, logits, segment_ids, decode=decode, prefill=prefill, prefill_lengths=prefill_lengths
       )
     return logits

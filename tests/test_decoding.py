@@ -271,3 +271,24 @@ def test_bad_inputs_name_the_value(alibi_model):
   learned, lparams = tiny(position_embedding="learned", max_position_embeddings=16)
   with pytest.raises(ValueError, match="max_position_embeddings=16"):
     generate.Generator(learned, lparams).generate(PROMPTS, max_length=17)
+
+
+@pytest.mark.parametrize("features", [dict(head_qk_trick=True), dict(position_embedding="learned")], ids=["head_qk", "learned"])
+def test_scanned_layers_decode_like_unrolled_ones_with_beams_and_samples(features):
+  """Under scan_layers the cache of head-QK and learned positions (outside the layer stack) takes the same batch
+  axis as the layers' cache, so beam search and several samples per prompt expand and reorder it correctly."""
+  from gpt_plugin.convert import littlegpt
+
+  features = dict(dict(position_embedding="alibi", block_type="parallel"), **features)
+  unrolled, params = tiny(seed=5, **features)
+  scanned, _ = tiny(seed=5, scan_layers=True, **features)
+  stacked = littlegpt.with_layers(params, littlegpt.layer_list(params), scanned=True)
+  runs = dict(
+    beams=dict(num_beams=3, alpha=0.6, return_output=True),
+    samples=dict(sample=True, num_samples=3, temperature=1.5, sample_rng=jax.random.PRNGKey(4), return_output=True),
+  )
+  for name, kw in runs.items():
+    want = generate.Generator(unrolled, params).generate(PROMPTS, max_length=20, eos_id=NO_EOS, **kw)
+    got = generate.Generator(scanned, stacked).generate(PROMPTS, max_length=20, eos_id=NO_EOS, **kw)
+    np.testing.assert_array_equal(got.sequences, want.sequences, err_msg=name)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-4, err_msg=name)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 
+from gpt_plugin.layers.cache_vars import cache_variable
+
 
 class TokenEmbedding(nn.Module):
   """Embedding table (vocab, embed), N(0, init_std); `attend` gives the tied output logits in float32."""
@@ -47,6 +49,7 @@ class PositionEmbedding(nn.Module):
   init_std: float = 0.02
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cache_layer_axis: bool = False  # True under scan_layers: see layers/cache_vars.py
 
   @nn.compact
   def __call__(
@@ -67,7 +70,7 @@ class PositionEmbedding(nn.Module):
     )
     if decode or prefill:
       initialized = self.has_variable("cache", "cache_index")
-      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      index = cache_variable(self, "cache_index", lambda: jnp.array(0, jnp.int32), layer_axis=self.cache_layer_axis)
       if decode and initialized:
         positions = jnp.reshape(index.value, (-1, 1))
         index.value = index.value + 1

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_plugin.layers.cache_vars import cache_variable
 from gpt_plugin.layers.dense import Dense
 
 
@@ -23,6 +24,7 @@ class HeadQK(nn.Module):
   dim: int = 256
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cache_layer_axis: bool = False  # True under scan_layers: see layers/cache_vars.py
 
   @nn.compact
   def __call__(
@@ -49,9 +51,10 @@ class HeadQK(nn.Module):
     batch, seq = tokens.shape
     if decode or prefill:
       initialized = self.has_variable("cache", "cached_head_k")
-      cached_k = self.variable("cache", "cached_head_k", jnp.zeros, k.shape, jnp.float32)
-      cached_tokens = self.variable("cache", "cached_tokens", jnp.zeros, tokens.shape, jnp.int32)
-      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      axis = dict(layer_axis=self.cache_layer_axis)
+      cached_k = cache_variable(self, "cached_head_k", jnp.zeros, k.shape, jnp.float32, **axis)
+      cached_tokens = cache_variable(self, "cached_tokens", jnp.zeros, tokens.shape, jnp.int32, **axis)
+      cache_index = cache_variable(self, "cache_index", lambda: jnp.array(0, jnp.int32), **axis)
       if decode and initialized:
         index = cache_index.value
         rows = jnp.broadcast_to(jnp.reshape(index, (-1,)) if index.ndim else index, (batch,))  # t5x beams: [B, n]
