@@ -31,6 +31,9 @@ def _free_port():
 
 def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
   shards = write_token_shards(tmp_path / "shards", num_shards=4)
+  # Three validation shards: process 0 reads two, process 1 one, so their counts of full batches differ and the
+  # in-training eval must agree on how many it scores (else one process waits for the other in a collective).
+  validation = write_token_shards(tmp_path / "val", num_shards=3, seed=1, prefix="validation")
   model_dir = tmp_path / "mh"
   port = _free_port()
   env = dict(os.environ)
@@ -48,6 +51,8 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
         str(tmp_path / f"out{i}.json"),
         TASK,
         *shards,
+        "--validation",
+        *validation,
       ],
       env=env,
       stdout=subprocess.PIPE,
@@ -72,10 +77,15 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
 
   # Single process, one device, reading what the two processes read together (process 0's shards 0 and 2 give
   # the first half of every global batch, process 1's shards 1 and 3 the second half).
-  register_shard_task(TASK, shards)
-  ref = run_train(tmp_path / "ref", steps=7, task=TASK, dataset_fn=as_if_processes_dataset_fn(2))
+  register_shard_task(TASK, shards, validation)
+  ref = run_train(tmp_path / "ref", steps=7, task=TASK, dataset_fn=as_if_processes_dataset_fn(2), eval_period=5)
   for r in results:
     np.testing.assert_allclose(r["losses"], losses(ref)[:5], rtol=1e-5, atol=1e-6)
+    # The same 2 batches, spread over the validation batches both processes have, score the same as the
+    # single-process view of the shorter process's batches.
+    assert [e["step"] for e in r["evals"]] == [5] and ref["evals"][0]["step"] == 5
+    np.testing.assert_allclose(r["evals"][0]["loss"], ref["evals"][0]["loss"], rtol=1e-5)
+    assert r["evals"][0]["num_tokens"] == ref["evals"][0]["num_tokens"] > 0
 
   # One consistent checkpoint holding each process's own data position; a single process restores it (params,
   # optimiser state, step) and, reading on from both positions, continues like the uninterrupted run.

@@ -151,3 +151,54 @@ def test_banner_names_model_tokens_mesh_model_dir_and_tensorboard():
   assert lines[3].startswith("mesh       {'data': 1, 'fsdp': 2, 'tensor': 1} on ")
   assert lines[4] == "MODEL_DIR  /tmp/run (from scratch, 12 steps)"
   assert lines[5] == "watch      tensorboard --logdir /tmp/run"
+
+
+def _evaluator(num_batches, eval_steps, reads, **kw):
+  """An Evaluator over `num_batches` full batches of 4 x 8 tokens (batch i holds the value i) and a last partial
+  one; its eval step reports each batch's value as its loss sum, so the scalars say which batches were scored."""
+  from gpt_plugin.training import evaluator
+
+  def make_iterator():
+    reads.append(1)
+    for i in range(num_batches):
+      yield {"targets": np.full((4, 8), i, np.int32)}
+    yield {"targets": np.zeros((2, 8), np.int32)}
+
+  def jit_eval(params, batch):
+    return {"loss_sum": float(batch["targets"][0, 0]), "num_tokens": 1.0, "model_metrics": {}}
+
+  return evaluator.Evaluator(
+    make_iterator=make_iterator,
+    eval_steps=eval_steps,
+    global_batch_size=4,
+    jit_eval=jit_eval,
+    to_global=lambda b: b,
+    context=lambda: __import__("contextlib").nullcontext(),
+    writer=RecordingWriter(),
+    console=console.Console(enabled=False),
+    **kw,
+  )
+
+
+def test_evaluator_spreads_its_batches_over_the_whole_split_and_reads_them_once():
+  reads = []
+  ev = _evaluator(20, 4, reads)
+  first = ev.run(None, 10)
+  assert ev.chosen == [0, 6, 13, 19] and ev.split_batches == 20
+  assert first["loss"] == pytest.approx((0 + 6 + 13 + 19) / 4) and first["num_tokens"] == 4
+  assert ev.run(None, 20) == first and len(reads) == 2  # one count, one read; the kept batches are reused
+
+
+def test_evaluator_rereads_when_the_batches_do_not_fit_in_memory_and_scans_a_bounded_prefix():
+  reads = []
+  ev = _evaluator(20, 3, reads, max_kept_bytes=0, max_scan_tokens=10 * 32)
+  first = ev.run(None, 1)
+  assert ev.split_batches == 10 and ev.chosen == [0, 4, 9]  # 10 batches of 32 token positions scanned
+  assert first["loss"] == pytest.approx((0 + 4 + 9) / 3)
+  assert ev.run(None, 2) == first and len(reads) == 3
+
+
+def test_evaluator_scores_every_batch_of_a_short_split_and_nothing_of_an_empty_one():
+  ev = _evaluator(2, 10, [])
+  assert ev.run(None, 1)["num_tokens"] == 2 and ev.chosen == [0, 1]
+  assert _evaluator(0, 10, []).run(None, 1) is None
