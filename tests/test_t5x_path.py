@@ -68,8 +68,13 @@ PROMPTS = [[5, 7, 9], [3, 4, 5, 6, 7, 8, 9]]
 
 @pytest.mark.parametrize(
   "features",
-  [dict(), dict(use_static_sgu=True, head_qk_trick=True, block_type="sequential"), dict(scan_layers=True)],
-  ids=["alibi-parallel", "sgu-headqk-seq", "scan"],
+  [
+    dict(),
+    dict(use_static_sgu=True, head_qk_trick=True, block_type="sequential"),
+    dict(scan_layers=True),
+    dict(scan_layers=True, head_qk_trick=True, position_embedding="learned"),
+  ],
+  ids=["alibi-parallel", "sgu-headqk-seq", "scan", "scan-headqk-learned"],
 )
 def test_t5x_decoder_only_model_with_t5x_and_our_decoders(features):
   """t5x.models.DecoderOnlyModel runs our module; T5X's and our decoders give the same greedy and 1-beam output."""
