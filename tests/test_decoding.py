@@ -273,7 +273,9 @@ def test_bad_inputs_name_the_value(alibi_model):
     generate.Generator(learned, lparams).generate(PROMPTS, max_length=17)
 
 
-@pytest.mark.parametrize("features", [dict(head_qk_trick=True), dict(position_embedding="learned")], ids=["head_qk", "learned"])
+@pytest.mark.parametrize(
+  "features", [dict(head_qk_trick=True), dict(position_embedding="learned")], ids=["head_qk", "learned"]
+)
 def test_scanned_layers_decode_like_unrolled_ones_with_beams_and_samples(features):
   """Under scan_layers the cache of head-QK and learned positions (outside the layer stack) takes the same batch
   axis as the layers' cache, so beam search and several samples per prompt expand and reorder it correctly."""
