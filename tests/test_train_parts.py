@@ -194,6 +194,9 @@ def test_evaluator_rereads_when_the_batches_do_not_fit_in_memory_and_scans_a_bou
   ev = _evaluator(20, 3, reads, max_kept_bytes=0, max_scan_tokens=10 * 32)
   first = ev.run(None, 1)
   assert ev.split_batches == 10 and ev.chosen == [0, 4, 9]  # 10 batches of 32 token positions scanned
+  uncapped = _evaluator(20, 3, [])
+  uncapped.run(None, 1)
+  assert ev.scan_capped and not uncapped.scan_capped
   assert first["loss"] == pytest.approx((0 + 4 + 9) / 3)
   assert ev.run(None, 2) == first and len(reads) == 3
 

@@ -44,6 +44,7 @@ class Evaluator:
     self.max_scan_tokens, self.max_kept_bytes = max_scan_tokens, max_kept_bytes
     self.chosen: Optional[List[int]] = None  # indices of the scored batches among the split's full batches
     self.split_batches = 0  # full batches counted in the split (or in its scanned part)
+    self.scan_capped = False  # the count stopped at max_scan_tokens: the split has more batches than counted
     self._kept: Optional[List[Dict[str, np.ndarray]]] = None
 
   def run(self, params: Any, step: int) -> Optional[Dict[str, float]]:
@@ -70,7 +71,7 @@ class Evaluator:
     self.writer.flush()
     self.console.print(
       f"eval step {step}: loss {res['loss']:.4g} ppl {res['perplexity']:.4g} "
-      f"({len(self.chosen)} of {self.split_batches} batches)"
+      f"({len(self.chosen)} of {'the first ' if self.scan_capped else ''}{self.split_batches} batches)"
     )
     return res
 
@@ -84,6 +85,7 @@ class Evaluator:
       yield batch
       scanned += int(np.prod(shape[:2])) * jax.process_count()
       if scanned >= self.max_scan_tokens:
+        self.scan_capped = True
         return
 
   def _choose_batches(self) -> None:
