@@ -379,45 +379,71 @@ def _full_seq_spec(tp: int, dp: int):
   return pl.BlockSpec((None, tp, None, dp), lambda i, b, h: (b, 0, h, 0))
 
 
-def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
-  """seg: None, or (padded segment ids [B, Tp], their segment_extent)."""
-  bsz, tp, nh, dp = q.shape
-  bq, bk = cfg.block_q, cfg.block_k
-  nq, nk = tp // bq, tp // bk
-  slope_rows = jnp.broadcast_to(slopes2[:, None], (nh, bq))
-  in_specs = [
-    _seq_block_spec(bq, dp),
-    _full_seq_spec(tp, dp),
-    _full_seq_spec(tp, dp),
-    pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
+def _row_spec(block: int):
+  """The program's block of a [B, H, Tp] per-position row (lse, delta, debug tile counts)."""
+  return pl.BlockSpec((None, None, block), lambda i, b, h: (b, h, i))
+
+
+def _slope_input(slopes2, num_heads: int, block: int):
+  """(spec, array): each head's slope repeated over the `block` rows of a program."""
+  return pl.BlockSpec((None, block), lambda i, b, h: (h, 0)), jnp.broadcast_to(slopes2[:, None], (num_heads, block))
+
+
+def _segment_inputs(cfg: _Config, seg, block: int, other_block: int, tp: int):
+  """(specs, arrays) of the packed-segment refs `_split_trailing_refs` expects after the slopes: the segment ids of
+  the program's `block`, those of the whole other axis, and the [lo, hi) range of its `other_block`-sized blocks
+  that share a segment with the program's block. Empty when not packed."""
+  if not cfg.has_segments:
+    return [], []
+  ids, extent = seg
+  specs = [
+    pl.BlockSpec((None, block), lambda i, b, h: (b, i)),
+    pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
+    _scalar_per_block_spec(),
+    _scalar_per_block_spec(),
   ]
-  args = [q, k, v, slope_rows]
-  if cfg.has_segments:
-    in_specs += [
-      pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-      pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
-      _scalar_per_block_spec(),
-      _scalar_per_block_spec(),
-    ]
-    ids, extent = seg
-    args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)]
-  out_specs = [_seq_block_spec(bq, dp), pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))]
+  return specs, [ids, ids, *segment_block_ranges(extent, block, other_block)]
+
+
+def _launch(
+  cfg: _Config, kernel, *, block: int, shape, in_specs, args, out_shape, out_specs, num_warps: int, name: str
+):
+  """pallas_call over the grid (Tp // block, batch, heads), with the debug tile-count output last when
+  `cfg.debug_counts`. `shape`: the padded q's [B, Tp, H, Dp]."""
+  bsz, tp, nh, _ = shape
   if cfg.debug_counts:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
-    out_specs.append(pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i)))
-  num_warps = cfg.num_warps or default_num_warps("fwd", bq, bk, dp)
-  kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=nk, kv_len=_kv_len(cfg, tp))
+    out_shape = [*out_shape, jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32)]
+    out_specs = [*out_specs, _row_spec(block)]
   return pl.pallas_call(
     kernel,
-    grid=(nq, bsz, nh),
+    grid=(tp // block, bsz, nh),
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
     compiler_params=_compiler_params(cfg, num_warps),
     interpret=cfg.interpret,
-    name="flash_alibi_fwd",
+    name=name,
   )(*args)
+
+
+def _fwd_call(cfg: _Config, q, k, v, slopes2, seg):
+  """seg: None, or (padded segment ids [B, Tp], their segment_extent)."""
+  bsz, tp, nh, dp = q.shape
+  bq, bk = cfg.block_q, cfg.block_k
+  slope_spec, slope_rows = _slope_input(slopes2, nh, bq)
+  seg_specs, seg_args = _segment_inputs(cfg, seg, bq, bk, tp)
+  return _launch(
+    cfg,
+    functools.partial(_fwd_kernel, cfg=cfg, num_k_blocks=tp // bk, kv_len=_kv_len(cfg, tp)),
+    block=bq,
+    shape=q.shape,
+    in_specs=[_seq_block_spec(bq, dp), _full_seq_spec(tp, dp), _full_seq_spec(tp, dp), slope_spec, *seg_specs],
+    args=[q, k, v, slope_rows, *seg_args],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bsz, nh, tp), jnp.float32)],
+    out_specs=[_seq_block_spec(bq, dp), _row_spec(bq)],
+    num_warps=cfg.num_warps or default_num_warps("fwd", bq, bk, dp),
+    name="flash_alibi_fwd",
+  )
 
 
 def _bwd_calls(cfg: _Config, q, k, v, slopes2, seg, o, lse, do):
@@ -435,84 +461,45 @@ def _bwd_warps(cfg: _Config, kernel: str, dp: int) -> int:
 
 def _bwd_dq_call(cfg: _Config, q, k, v, slopes2, seg, lse, delta, do):
   """dq: grid over query blocks; each program reads its q/do/lse/delta block and the whole k and v."""
-  bsz, tp, nh, dp = q.shape
+  _, tp, nh, dp = q.shape
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
-  row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
-  in_specs = [
-    _seq_block_spec(bq, dp),
-    _full_seq_spec(tp, dp),
-    _full_seq_spec(tp, dp),
-    _seq_block_spec(bq, dp),
-    row_spec,
-    row_spec,
-    pl.BlockSpec((None, bq), lambda i, b, h: (h, 0)),
-  ]
-  args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bq))]
-  if cfg.has_segments:
-    ids, extent = seg
-    in_specs += [
-      pl.BlockSpec((None, bq), lambda i, b, h: (b, i)),
-      pl.BlockSpec((None, tp), lambda i, b, h: (b, 0)),
-      _scalar_per_block_spec(),
-      _scalar_per_block_spec(),
-    ]
-    args += [ids, ids, *segment_block_ranges(extent, bq, bk)]
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-  out_specs = [_seq_block_spec(bq, dp)]
-  if cfg.debug_counts:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
-    out_specs.append(row_spec)
-  return pl.pallas_call(
+  slope_spec, slope_rows = _slope_input(slopes2, nh, bq)
+  seg_specs, seg_args = _segment_inputs(cfg, seg, bq, bk, tp)
+  block, full = _seq_block_spec(bq, dp), _full_seq_spec(tp, dp)
+  return _launch(
+    cfg,
     functools.partial(_dq_kernel, cfg=cfg, num_k_blocks=tp // bk, kv_len=_kv_len(cfg, tp)),
-    grid=(tp // bq, bsz, nh),
-    in_specs=in_specs,
-    out_specs=out_specs,
-    out_shape=out_shape,
-    compiler_params=_compiler_params(cfg, _bwd_warps(cfg, "dq", dp)),
-    interpret=cfg.interpret,
+    block=bq,
+    shape=q.shape,
+    in_specs=[block, full, full, block, _row_spec(bq), _row_spec(bq), slope_spec, *seg_specs],
+    args=[q, k, v, do, lse, delta, slope_rows, *seg_args],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
+    out_specs=[block],
+    num_warps=_bwd_warps(cfg, "dq", dp),
     name="flash_alibi_bwd_dq",
-  )(*args)
+  )
 
 
 def _bwd_dkdv_call(cfg: _Config, q, k, v, slopes2, seg, lse, delta, do):
   """dk, dv: grid over key blocks; each program reads its k/v block and the whole q, do, lse and delta."""
-  bsz, tp, nh, dp = q.shape
+  _, tp, nh, dp = q.shape
   bq, bk = cfg.bwd_block_q, cfg.bwd_block_k
   full_row = pl.BlockSpec((None, None, tp), lambda j, b, h: (b, h, 0))
-  in_specs = [
-    _full_seq_spec(tp, dp),
-    _seq_block_spec(bk, dp),
-    _seq_block_spec(bk, dp),
-    _full_seq_spec(tp, dp),
-    full_row,
-    full_row,
-    pl.BlockSpec((None, bk), lambda j, b, h: (h, 0)),
-  ]
-  args = [q, k, v, do, lse, delta, jnp.broadcast_to(slopes2[:, None], (nh, bk))]
-  if cfg.has_segments:
-    ids, extent = seg
-    in_specs += [
-      pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
-      pl.BlockSpec((None, tp), lambda j, b, h: (b, 0)),
-      _scalar_per_block_spec(),
-      _scalar_per_block_spec(),
-    ]
-    args += [ids, ids, *segment_block_ranges(extent, bk, bq)]
-  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
-  out_specs = [_seq_block_spec(bk, dp), _seq_block_spec(bk, dp)]
-  if cfg.debug_counts:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, nh, tp), jnp.int32))
-    out_specs.append(pl.BlockSpec((None, None, bk), lambda j, b, h: (b, h, j)))
-  return pl.pallas_call(
+  slope_spec, slope_rows = _slope_input(slopes2, nh, bk)
+  seg_specs, seg_args = _segment_inputs(cfg, seg, bk, bq, tp)
+  block, full = _seq_block_spec(bk, dp), _full_seq_spec(tp, dp)
+  return _launch(
+    cfg,
     functools.partial(_dkdv_kernel, cfg=cfg, num_q_blocks=tp // bq, kv_len=_kv_len(cfg, tp)),
-    grid=(tp // bk, bsz, nh),
-    in_specs=in_specs,
-    out_specs=out_specs,
-    out_shape=out_shape,
-    compiler_params=_compiler_params(cfg, _bwd_warps(cfg, "dkdv", dp)),
-    interpret=cfg.interpret,
+    block=bk,
+    shape=q.shape,
+    in_specs=[full, block, block, full, full_row, full_row, slope_spec, *seg_specs],
+    args=[q, k, v, do, lse, delta, slope_rows, *seg_args],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    out_specs=[block, block],
+    num_warps=_bwd_warps(cfg, "dkdv", dp),
     name="flash_alibi_bwd_dkdv",
-  )(*args)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -594,7 +581,11 @@ def _flash_pallas(
   num_stages,
   debug_counts=False,
 ):
-  bsz, t, nh, d = q.shape
+  """The static config and the padded kernel inputs: (cfg, q, k, v, slopes * log2(e), seg). Tiles and stages left
+  None take this head_dim's launch defaults."""
+  _, t, _, d = q.shape
+  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(d, block_q, block_k, bwd_block_q, bwd_block_k)
+  num_stages = num_stages or default_num_stages(d)
   bq, bk, bbq, bbk, tp, dp = _pallas_plan(q, block_q, block_k, bwd_block_q, bwd_block_k, interpret)
   cfg = _Config(
     seq_len=t,
@@ -652,7 +643,6 @@ def triton_alibi_attention(
 ):
   """The Triton kernels on q/k/v ``[batch, seq, heads, head_dim]`` (arguments as ``flash_alibi_attention``);
   differentiable. Tiles, warps and stages default to this head_dim's launch defaults."""
-  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
     q,
     k,
@@ -667,7 +657,7 @@ def triton_alibi_attention(
     bwd_block_k=bwd_block_k,
     interpret=bool(interpret),
     num_warps=num_warps,
-    num_stages=num_stages or default_num_stages(q.shape[-1]),
+    num_stages=num_stages,
   )
   out = _flash_core(cfg, qp, kp, vp, slopes2, seg)
   _, t, _, d = q.shape
@@ -698,7 +688,6 @@ def flash_alibi_block_counts(
   dense kernel would report ``num_blocks`` everywhere.
   """
   check_inputs(q, k, v, slopes, segment_ids, name="flash_alibi_attention")
-  block_q, block_k, bwd_block_q, bwd_block_k = _resolve_tiles(q.shape[-1], block_q, block_k, bwd_block_q, bwd_block_k)
   cfg, qp, kp, vp, slopes2, seg = _flash_pallas(
     q,
     k,
@@ -713,7 +702,7 @@ def flash_alibi_block_counts(
     bwd_block_k=bwd_block_k,
     interpret=interpret,
     num_warps=None,
-    num_stages=default_num_stages(q.shape[-1]),
+    num_stages=None,
     debug_counts=True,
   )
   o, lse, cnt_f = _fwd_call(cfg, qp, kp, vp, slopes2, seg)
