@@ -212,11 +212,13 @@ class _Archive:
 
   def read_member(self, member: str, max_bytes: Optional[int] = None) -> bytes:
     """The member's bytes; with ``max_bytes``, a member declaring more is refused before anything is inflated."""
-    if max_bytes is not None and self.declared_size(member) > max_bytes:
-      raise TorchFileCorruptError(
-        f"{self.name}: member {member!r} declares {self.declared_size(member)} bytes uncompressed, more than the "
-        f"{max_bytes} it may have; refused unread"
-      )
+    if max_bytes is not None:
+      declared = self.declared_size(member)
+      if declared > max_bytes:
+        raise TorchFileCorruptError(
+          f"{self.name}: member {member!r} declares {declared} bytes uncompressed, more than the "
+          f"{max_bytes} it may have; refused unread"
+        )
     try:
       return self.zf.read(member)
     except KeyError:
@@ -235,7 +237,7 @@ class _Archive:
           f"{self.name}: storage member {member!r} declares {declared} bytes uncompressed, but its "
           f"{st.numel} x {st.dtype} elements need {needed}; refused unread"
         )
-      raw = self.read_member(member, max_bytes=needed)
+      raw = self.read_member(member)  # declared size already checked against `needed`
       if len(raw) < needed:
         raise TorchFileCorruptError(
           f"{self.name}: storage member {member!r} is truncated "

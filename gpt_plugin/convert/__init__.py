@@ -54,26 +54,4 @@ def __getattr__(name):
   return value
 
 
-__all__ = [
-  "LITTLEGPT_VOCAB_SIZE",
-  "ConversionError",
-  "TorchFileCorruptError",
-  "TorchFileError",
-  "UnsafePickleError",
-  "average_checkpoints",
-  "average_trees",
-  "check_params",
-  "depth_map",
-  "dequantize_8bit",
-  "dequantize_blockwise",
-  "expand_depth",
-  "from_torch",
-  "infer_config",
-  "inverse_map",
-  "load_params",
-  "load_pth",
-  "read_state_dict",
-  "save_params",
-  "save_pth",
-  "to_torch",
-]
+__all__ = sorted(n for n in _EXPORTS if n != "params_io")  # params_io: importable, not part of `*`

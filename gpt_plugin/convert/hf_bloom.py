@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from gpt_plugin.convert.hf_io import Entry, copy, get_key, linear
+from gpt_plugin.convert.hf_io import Entry, copy, get_key, layer_norm, linear, with_bias
 from gpt_plugin.network import GPTConfig
 
 ARCHITECTURE = "BloomForCausalLM"
@@ -46,13 +46,10 @@ def config_from_hf(hf: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str], List[
     num_layers=int(get_key(hf, "n_layer", "num_hidden_layers", default=2)),
     mlp_dim=None,  # transformers' BloomMLP is always 4 * hidden_size
     position_embedding="alibi",
-    block_type="sequential",
     gelu_approximate=True,  # bloom_gelu_forward is the tanh approximation
-    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
     embedding_layer_norm=True,
     dropout_rate=float(hf.get("hidden_dropout", 0.0)),
     attention_dropout_rate=float(hf.get("attention_dropout", 0.0)),
-    init_std=float(hf.get("initializer_range", 0.02)),
   )
   return fields, problems, notes
 
@@ -78,18 +75,12 @@ def mismatch(cfg: GPTConfig) -> List[str]:
 
 def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
   return {
-    "architectures": [ARCHITECTURE],
-    "model_type": MODEL_TYPE,
-    "vocab_size": cfg.vocab_size,
     "hidden_size": cfg.emb_dim,
     "n_head": cfg.num_heads,
     "n_layer": cfg.num_layers,
-    "layer_norm_epsilon": cfg.layer_norm_epsilon,
     "hidden_dropout": cfg.dropout_rate,
     "attention_dropout": cfg.attention_dropout,
-    "initializer_range": cfg.init_std,
     "apply_residual_connection_post_layernorm": False,
-    "tie_word_embeddings": True,
   }
 
 
@@ -114,24 +105,15 @@ def _qkv_entries(prefix: str, ours: str, heads: int) -> List[Entry]:
   ]
 
 
-def _with_bias(make, hf: str, ours: str) -> List[Entry]:
-  return [make(hf + ".weight", ours + "/kernel"), copy(hf + ".bias", ours + "/bias")]
-
-
 def entries(cfg: GPTConfig) -> List[Entry]:
-  out = [
-    copy("word_embeddings.weight", "token_embedder/embedding"),
-    copy("word_embeddings_layernorm.weight", "embedding_norm/scale"),
-    copy("word_embeddings_layernorm.bias", "embedding_norm/bias"),
-  ]
+  out = [copy("word_embeddings.weight", "token_embedder/embedding")]
+  out += layer_norm("word_embeddings_layernorm", "embedding_norm")
   for i in range(cfg.num_layers):
     h, ours = f"h.{i}.", f"layers_{i}/"
-    out += [copy(h + "input_layernorm.weight", ours + "input_norm/scale")]
-    out += [copy(h + "input_layernorm.bias", ours + "input_norm/bias")]
+    out += layer_norm(h + "input_layernorm", ours + "input_norm")
     out += _qkv_entries(h + "self_attention.query_key_value", ours + "attention/qkv", cfg.num_heads)
-    out += _with_bias(linear, h + "self_attention.dense", ours + "attention/out")
-    out += [copy(h + "post_attention_layernorm.weight", ours + "mlp_norm/scale")]
-    out += [copy(h + "post_attention_layernorm.bias", ours + "mlp_norm/bias")]
-    out += _with_bias(linear, h + "mlp.dense_h_to_4h", ours + "mlp/wi")
-    out += _with_bias(linear, h + "mlp.dense_4h_to_h", ours + "mlp/wo")
-  return out + [copy("ln_f.weight", "final_norm/scale"), copy("ln_f.bias", "final_norm/bias")]
+    out += with_bias(linear, h + "self_attention.dense", ours + "attention/out")
+    out += layer_norm(h + "post_attention_layernorm", ours + "mlp_norm")
+    out += with_bias(linear, h + "mlp.dense_h_to_4h", ours + "mlp/wi")
+    out += with_bias(linear, h + "mlp.dense_4h_to_h", ours + "mlp/wo")
+  return out + layer_norm("ln_f", "final_norm")

@@ -71,7 +71,15 @@ def export_hf(
   config = {}
   if base_config and family.ARCHITECTURE in (base_config.get("architectures") or []):
     config = dict(base_config)
-  config.update(family.config_to_hf(cfg))
+  config.update(  # written alike for every family, then the family's own keys
+    architectures=[family.ARCHITECTURE],
+    model_type=family.MODEL_TYPE,
+    vocab_size=cfg.vocab_size,
+    layer_norm_epsilon=cfg.layer_norm_epsilon,
+    initializer_range=cfg.init_std,
+    tie_word_embeddings=True,
+    **family.config_to_hf(cfg),
+  )
   config["dtype"] = np.dtype(dtype).name
   for key in TOKEN_ID_KEYS:  # absent keys would take transformers' family defaults (GPT-2: 50256), out of range here
     config.setdefault(key, None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Tuple
 
-from gpt_plugin.convert.hf_io import Entry, copy, get_key
+from gpt_plugin.convert.hf_io import Entry, copy, get_key, layer_norm, with_bias
 from gpt_plugin.network import GPTConfig
 
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -29,7 +29,8 @@ _GELU = {"gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True, "gelu":
 
 
 def config_from_hf(hf: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str], List[str]]:
-  """(GPTConfig fields, refusals naming the config key, notes) for a GPT-2 config.json."""
+  """(GPTConfig fields, refusals naming the config key, notes) for a GPT-2 config.json; the fields every family
+  reads alike (block_type, layer_norm_epsilon, init_std) are hf_import.config_from_hf's."""
   problems, notes = [], []
   act = hf.get("activation_function", "gelu_new")
   if act not in _GELU:
@@ -50,12 +51,9 @@ def config_from_hf(hf: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str], List[
     mlp_dim=hf.get("n_inner"),
     position_embedding="learned",
     max_position_embeddings=int(get_key(hf, "n_positions", "max_position_embeddings", default=1024)),
-    block_type="sequential",
     gelu_approximate=_GELU.get(act, True),
-    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
     dropout_rate=float(hf.get("resid_pdrop", 0.1)),
     attention_dropout_rate=float(hf.get("attn_pdrop", 0.1)),
-    init_std=float(hf.get("initializer_range", 0.02)),
   )
   return fields, problems, notes
 
@@ -75,23 +73,19 @@ def mismatch(cfg: GPTConfig) -> List[str]:
 
 
 def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
+  """The GPT-2 keys of config.json; those every family writes alike (architectures, vocab_size, ...) are
+  hf_export.export_hf's."""
   return {
-    "architectures": [ARCHITECTURE],
-    "model_type": MODEL_TYPE,
-    "vocab_size": cfg.vocab_size,
     "n_embd": cfg.emb_dim,
     "n_head": cfg.num_heads,
     "n_layer": cfg.num_layers,
     "n_inner": cfg.mlp_dim,
     "n_positions": cfg.max_position_embeddings,
     "activation_function": "gelu_new" if cfg.gelu_approximate else "gelu",
-    "layer_norm_epsilon": cfg.layer_norm_epsilon,
     "resid_pdrop": cfg.dropout_rate,
     "attn_pdrop": cfg.attention_dropout,
     "embd_pdrop": 0.0,
-    "initializer_range": cfg.init_std,
     "scale_attn_weights": True,
-    "tie_word_embeddings": True,
   }
 
 
@@ -115,18 +109,13 @@ def entries(cfg: GPTConfig) -> List[Entry]:
   out = [copy("wte.weight", "token_embedder/embedding"), copy("wpe.weight", "position_embedder/embedding")]
   for i in range(cfg.num_layers):
     h, ours = f"h.{i}.", f"layers_{i}/"
+    out += layer_norm(h + "ln_1", ours + "input_norm")
     out += [
-      copy(h + "ln_1.weight", ours + "input_norm/scale"),
-      copy(h + "ln_1.bias", ours + "input_norm/bias"),
       Entry(h + "attn.c_attn.weight", ours + "attention/qkv/kernel", _qkv_kernel_in, _qkv_kernel_out),
       Entry(h + "attn.c_attn.bias", ours + "attention/qkv/bias", _qkv_bias_in, _qkv_bias_out),
-      copy(h + "attn.c_proj.weight", ours + "attention/out/kernel"),
-      copy(h + "attn.c_proj.bias", ours + "attention/out/bias"),
-      copy(h + "ln_2.weight", ours + "mlp_norm/scale"),
-      copy(h + "ln_2.bias", ours + "mlp_norm/bias"),
-      copy(h + "mlp.c_fc.weight", ours + "mlp/wi/kernel"),
-      copy(h + "mlp.c_fc.bias", ours + "mlp/wi/bias"),
-      copy(h + "mlp.c_proj.weight", ours + "mlp/wo/kernel"),
-      copy(h + "mlp.c_proj.bias", ours + "mlp/wo/bias"),
     ]
-  return out + [copy("ln_f.weight", "final_norm/scale"), copy("ln_f.bias", "final_norm/bias")]
+    out += with_bias(copy, h + "attn.c_proj", ours + "attention/out")  # Conv1D weights are (in, out) already
+    out += layer_norm(h + "ln_2", ours + "mlp_norm")
+    out += with_bias(copy, h + "mlp.c_fc", ours + "mlp/wi")
+    out += with_bias(copy, h + "mlp.c_proj", ours + "mlp/wo")
+  return out + layer_norm("ln_f", "final_norm")

@@ -48,6 +48,12 @@ def config_from_hf(hf: Dict[str, Any], source: str, scan_layers: bool = False) -
   """(family module, GPTConfig, notes) for a config.json; raises HFConversionError naming refused keys."""
   family = family_of_config(hf, source)
   fields, problems, notes = family.config_from_hf(hf)
+  fields = dict(  # read alike in every family (config_to_hf's counterpart: hf_export.export_hf)
+    block_type="sequential",
+    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
+    init_std=float(hf.get("initializer_range", 0.02)),
+    **fields,
+  )
   if not hf.get("tie_word_embeddings", True):
     problems.append("tie_word_embeddings=false (gpt_plugin ties the output layer to the token embedding)")
   hf_io.refuse(problems, source)

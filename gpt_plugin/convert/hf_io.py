@@ -62,6 +62,16 @@ def linear(hf: str, ours: str) -> Entry:
   return Entry(hf, ours, _transpose, _transpose)
 
 
+def layer_norm(hf: str, ours: str) -> List[Entry]:
+  """torch `nn.LayerNorm` `{weight,bias}` <-> our LayerNorm `{scale,bias}`."""
+  return [copy(hf + ".weight", ours + "/scale"), copy(hf + ".bias", ours + "/bias")]
+
+
+def with_bias(make: Callable[[str, str], Entry], hf: str, ours: str) -> List[Entry]:
+  """A projection's weight (mapped by `make`: `copy` or `linear`) and bias <-> our `{kernel,bias}`."""
+  return [make(hf + ".weight", ours + "/kernel"), copy(hf + ".bias", ours + "/bias")]
+
+
 def tensors_to_params(tensors: Mapping[str, np.ndarray], entries: Sequence[Entry], source: str) -> Dict[str, Any]:
   """Our (unflattened, per-layer `layers_i`) param tree from base-model tensors; every entry must be present with
   a consistent shape and nothing may be left over (the message lists every problem)."""

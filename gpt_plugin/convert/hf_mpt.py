@@ -82,15 +82,12 @@ def config_from_hf(hf: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str], List[
     num_layers=int(get_key(hf, "n_layers", "num_hidden_layers", default=24)),
     mlp_dim=None,
     position_embedding="alibi",
-    block_type="sequential",
     gelu_approximate=False,  # nn.GELU(approximate="none")
-    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
     use_bias=False,
     alibi_max_bias=bias_max,
     clip_qkv=None if not clip else float(clip),
     dropout_rate=float(hf.get("resid_pdrop", 0.0)),
     attention_dropout_rate=float(attn.get("attn_pdrop", 0.0)),
-    init_std=float(hf.get("initializer_range", 0.02)),
   )
   return fields, problems, notes
 
@@ -115,19 +112,14 @@ def mismatch(cfg: GPTConfig) -> List[str]:
 def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
   """transformers 5.24 annotates attn_config.attn_pdrop as int and rejects 0.0: integral values are written as ints."""
   return {
-    "architectures": [ARCHITECTURE],
-    "model_type": MODEL_TYPE,
-    "vocab_size": cfg.vocab_size,
     "d_model": cfg.emb_dim,
     "n_heads": cfg.num_heads,
     "n_layers": cfg.num_layers,
     "expansion_ratio": 4,
-    "layer_norm_epsilon": cfg.layer_norm_epsilon,
     "no_bias": True,
     "learned_pos_emb": False,
     "resid_pdrop": cfg.dropout_rate,
     "emb_pdrop": 0.0,
-    "initializer_range": cfg.init_std,
     "attn_config": {
       "attn_type": "multihead_attention",
       "alibi": True,
@@ -138,7 +130,6 @@ def config_to_hf(cfg: GPTConfig) -> Dict[str, Any]:
       "prefix_lm": False,
       "qk_ln": False,
     },
-    "tie_word_embeddings": True,
   }
 
 
