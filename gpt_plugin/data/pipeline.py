@@ -102,18 +102,11 @@ class DataIterator:
       max_len = max(self.feature_lengths.values())
       # whole packing groups per segment
       self.segment_samples = max(1, -(-int(segment_samples) // max_len)) * max_len
-      spec = self.source.stream_spec(
-        split,
-        shuffle=shuffle,
-        seed=self.seed,
-        process_index=self.process_index,
-        process_count=self.process_count,
-        num_epochs=num_epochs,
-        checks=self.checks,
-        check_range=not self.fast_path,  # the fast path checks ids a batch at a time (_check_batch_ids)
-      )
+      # the fast path checks ids a batch at a time (_check_batch_ids)
+      spec = self._stream_spec(check_range=not self.fast_path)
       vocab_size = int(self.source.vocabulary.vocab_size) if self.source.check_vocab_size else None
-      self._id_limits = (vocab_size, self.checks.embedding_rows)
+      limits = [n for n in (vocab_size, self.checks.embedding_rows) if n is not None]
+      self._id_bound = min(limits) if limits else None  # ids must be below it
       cursor = dict(state["segment_start"]) if state is not None else None
       skip_rows = int(state["rows_done"]) if state is not None else 0
       self._finished = bool(state.get("finished")) if state is not None else False
@@ -194,6 +187,19 @@ class DataIterator:
     return [t.source for t in tasks if isinstance(t.source, tasks_lib.TarShardDataSource)]
 
   # -- stream mode ------------------------------------------------------------------
+  def _stream_spec(self, check_range: bool) -> stream_lib.StreamSpec:
+    """This process's sample stream over the task's shards (the same spec for reading and for re-checking)."""
+    return self.source.stream_spec(
+      self.split,
+      shuffle=self.shuffle,
+      seed=self.seed,
+      process_index=self.process_index,
+      process_count=self.process_count,
+      num_epochs=self.num_epochs,
+      checks=self.checks,
+      check_range=check_range,
+    )
+
   def _counted(self, it, counter):
     try:
       for x in it:
@@ -361,20 +367,9 @@ class DataIterator:
     """One vectorised range check per batch (the fast path decodes without per-sample checks, except under the
     'skip' policy). On a hit, re-reads the batch's segment with per-sample checks (same policy) to name the
     shard, the member and the id."""
-    vocab_size, embedding_rows = self._id_limits
-    limits = [n for n in (vocab_size, embedding_rows) if n is not None]
-    if int(tokens.min()) >= 0 and (not limits or int(tokens.max()) < min(limits)):
+    if int(tokens.min()) >= 0 and (self._id_bound is None or int(tokens.max()) < self._id_bound):
       return
-    spec = self.source.stream_spec(
-      self.split,
-      shuffle=self.shuffle,
-      seed=self.seed,
-      process_index=self.process_index,
-      process_count=self.process_count,
-      num_epochs=self.num_epochs,
-      checks=self.checks,
-      check_range=True,
-    )
+    spec = self._stream_spec(check_range=True)
     for _ in itertools.islice(stream_lib.SampleStream(spec, cursor=segment_start), 2 * self.segment_samples):
       pass  # raises the sample's DataError
     bad = int(tokens.max()) if int(tokens.min()) >= 0 else int(tokens.min())

@@ -113,12 +113,15 @@ def check_model_and_task_vocab(
   their sizes if they are not the same tokenizer, or if ``embedding_rows`` (the model's ``VOCAB_SIZE``) is smaller
   than either vocabulary. ``model_vocab`` None (the model has no vocabulary of its own): only the embedding is
   checked; ``embedding_rows`` None (unknown): only the tokenizers are compared."""
-  task_desc = f"the task {task_name!r} uses {describe_vocabulary(task_vocab)}"
+
+  def task_desc() -> str:  # only for the messages: describing a vocabulary hashes its files
+    return f"the task {task_name!r} uses {describe_vocabulary(task_vocab)}"
+
   if model_vocab is not None:
     why = _tokenizer_difference(model_vocab, task_vocab)
     if why is not None:
       raise VocabularyMismatchError(
-        f"vocabulary mismatch: the model (VOCABULARY) uses {describe_vocabulary(model_vocab)}, but {task_desc}; "
+        f"vocabulary mismatch: the model (VOCABULARY) uses {describe_vocabulary(model_vocab)}, but {task_desc()}; "
         f"{why}. Train, evaluate and sample with the tokenizer the corpus was tokenised with: bind VOCABULARY "
         "and VOCAB_SIZE from the corpus's gin file (build_corpus writes OUT/NAME.gin)"
       )
@@ -131,7 +134,7 @@ def check_model_and_task_vocab(
     padded = -(-needed // 128) * 128
     model_desc = "" if model_vocab is None else f"the model (VOCABULARY) uses {describe_vocabulary(model_vocab)}; "
     raise VocabularyMismatchError(
-      f"the model's embedding has {int(embedding_rows)} rows (VOCAB_SIZE) but {task_desc}; {model_desc}"
+      f"the model's embedding has {int(embedding_rows)} rows (VOCAB_SIZE) but {task_desc()}; {model_desc}"
       f"token ids up to {needed - 1} would index past the embedding. Set VOCAB_SIZE to at least {needed} "
       f"(the presets pad to a multiple of 128: {padded})"
     )

@@ -252,5 +252,8 @@ def _quiet_orbax_coroutine_reports(unraisable: Any) -> None:
 
 
 def _describe_failures(failures: List[Tuple[int, str]], moved: bool) -> str:
-  where = (lambda name: f"; moved aside to {name}{layout.CORRUPT_SUFFIX}") if moved else (lambda name: "")
-  return "; ".join(f"{layout.step_dir_name(s)}: {reason}{where(layout.step_dir_name(s))}" for s, reason in failures)
+  parts = []
+  for step, reason in failures:
+    name = layout.step_dir_name(step)
+    parts.append(f"{name}: {reason}; moved aside to {name}{layout.CORRUPT_SUFFIX}" if moved else f"{name}: {reason}")
+  return "; ".join(parts)

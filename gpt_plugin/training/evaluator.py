@@ -52,15 +52,15 @@ class Evaluator:
       self._choose_batches()
     if not self.chosen:
       return None
+    with self.context():  # dispatched batch after batch, fetched once: reading a batch overlaps the last one's eval
+      outs = jax.device_get([self.jit_eval(params, self.to_global(batch)) for batch in self._chosen_batches()])
     loss_sum = tok = 0.0
     merged = None
-    with self.context():
-      for batch in self._chosen_batches():
-        out = jax.device_get(self.jit_eval(params, self.to_global(batch)))
-        loss_sum += float(out["loss_sum"])
-        tok += float(out["num_tokens"])
-        mm = out["model_metrics"]
-        merged = mm if merged is None else jax.tree.map(np.add, merged, mm)
+    for out in outs:
+      loss_sum += float(out["loss_sum"])
+      tok += float(out["num_tokens"])
+      mm = out["model_metrics"]
+      merged = mm if merged is None else jax.tree.map(np.add, merged, mm)
     res = {"loss": loss_sum / max(tok, 1.0)}
     res["perplexity"] = metrics_lib.safe_exp(res["loss"])
     for k, v in train_step_lib.compute_model_metrics(merged).items():

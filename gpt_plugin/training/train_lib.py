@@ -115,8 +115,7 @@ def _to_global(batch: Mapping[str, np.ndarray], partitioner: partitioning.Partit
   return out
 
 
-def _input_shapes(cfg: DatasetConfig) -> Dict[str, tuple]:
-  length = sum(int(v) for v in dict(cfg.task_feature_lengths).values())
+def _input_shapes(length: int) -> Dict[str, tuple]:
   return {"decoder_input_tokens": (1, length), "decoder_target_tokens": (1, length)}
 
 
@@ -295,7 +294,7 @@ def _setup(c: TrainConfig) -> _Setup:
     c.model,
     tx,
     partitioner,
-    _input_shapes(c.train_dataset_cfg),
+    _input_shapes(c.seq_len),
     c.random_seed,
     c.initial_loss_scale if c.dynamic_loss_scale else 1.0,
   )
