@@ -122,16 +122,22 @@ def stored_param_shapes(model_dir: str, step: int) -> Tuple[Optional[Dict[str, T
   return array_param_shapes(model_dir, step), state_dir(model_dir, step)
 
 
-def move_aside(model_dir: str, step: int) -> str:
-  """Renames `checkpoint_<step>` to `checkpoint_<step>.corrupt` (`.corrupt.1`, ... if taken); returns the new
-  path. Nothing inside is changed or deleted."""
+def aside_path(model_dir: str, step: int) -> str:
+  """Where `move_aside` would put `checkpoint_<step>` now: `checkpoint_<step>.corrupt` (`.corrupt.1`, ... if taken)."""
   src = step_dir(model_dir, step)
   dst = src + CORRUPT_SUFFIX
   n = 0
   while os.path.exists(dst):
     n += 1
     dst = f"{src}{CORRUPT_SUFFIX}.{n}"
-  os.rename(src, dst)
+  return dst
+
+
+def move_aside(model_dir: str, step: int, dst: Optional[str] = None) -> str:
+  """Renames `checkpoint_<step>` to `dst` (default `aside_path`); returns the new path. Nothing inside is changed
+  or deleted."""
+  dst = dst or aside_path(model_dir, step)
+  os.rename(step_dir(model_dir, step), dst)
   return dst
 
 

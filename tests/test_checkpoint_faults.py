@@ -91,6 +91,19 @@ def test_broken_latest_checkpoint_falls_back_to_the_previous_one(trained, tmp_pa
   assert checkpoint_layout.checkpoint_steps(str(md)) == [5, 10]  # step 10 written again
 
 
+def test_fallback_names_the_folder_it_really_moved_the_checkpoint_to(trained, tmp_path, caplog):
+  """An earlier fallback left checkpoint_10.corrupt: the new broken checkpoint_10 goes to .corrupt.1, and the
+  warning says so."""
+  md = _copy(trained, tmp_path)
+  os.makedirs(md / "checkpoint_10.corrupt" / "earlier")
+  _garble_data_position(md)
+  with caplog.at_level(logging.WARNING):
+    run_train(md, steps=10, checkpoint_period=5)
+  warnings = [r.getMessage() for r in caplog.records if "newest checkpoint that restores" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].endswith("moved aside to checkpoint_10.corrupt.1)"), warnings
+  assert os.path.isdir(md / "checkpoint_10.corrupt" / "earlier") and os.path.isdir(md / "checkpoint_10.corrupt.1")
+
+
 def test_shape_check_without_meta_uses_the_array_metadata(trained, tmp_path):
   md = _copy(trained, tmp_path)
   for step in (5, 10):

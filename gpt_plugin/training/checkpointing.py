@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -177,38 +178,48 @@ class Checkpointer:
       sys.stderr.write("".join(native_output))
     if found is None and failures:
       raise NoRestorableCheckpointError(
-        f"no checkpoint in {self.directory} restores ({_describe_failures(failures, False)}); nothing was changed. "
+        f"no checkpoint in {self.directory} restores ({_describe_failures(failures)}); nothing was changed. "
         f"Use another MODEL_DIR, or move the broken checkpoints away to start from scratch"
       )
     if found is not None and failures:
-      for bad, _ in failures:
-        self._set_aside(bad)
+      moved_to = self._set_aside([bad for bad, _ in failures])
       warn(
         f"restoring {layout.step_dir_name(failures[0][0])} in {self.directory} failed, so the newest checkpoint "
-        f"that restores, {layout.step_dir_name(found[0])}, is used instead ({_describe_failures(failures, True)})"
+        f"that restores, {layout.step_dir_name(found[0])}, is used instead ({_describe_failures(failures, moved_to)})"
       )
     return found
 
   def _restore_newest(self, abstract_state: Any, failures: List[Tuple[int, str]]):
-    """Tries each checkpoint, newest first; appends (step, reason) to `failures` for each that fails."""
+    """Tries each checkpoint, newest first; appends (step, reason) to `failures` for each that fails. With several
+    processes a checkpoint counts as restored only when it restored in every process (a garbled data-position file
+    of one process fails it for all), so that all of them continue from the same step."""
     for step in sorted(self.all_steps(), reverse=True):
       try:
         state, data = self.restore(step, abstract_state)
-        return step, state, data
+        reason = None
       except Exception as e:  # pylint: disable=broad-except  (any failure: try the next older checkpoint)
-        failures.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         _finalize_failed_restore(e)
+      failed_on = _processes_where(reason is not None)
+      if not failed_on:
+        return step, state, data
+      if reason is None:
+        state = data = None
+        reason = f"it did not restore in process(es) {', '.join(map(str, failed_on))}"
+      failures.append((step, reason))
     return None
 
-  def _set_aside(self, step: int) -> None:
-    """Moves a broken checkpoint aside (process 0; the others wait) and makes the manager forget it."""
+  def _set_aside(self, steps: List[int]) -> Dict[int, str]:
+    """Moves broken checkpoints aside (process 0; the others wait) and makes the manager forget them. Returns each
+    step's new folder name, the same in every process (agreed on before anything moves)."""
+    moved_to = {step: os.path.basename(layout.aside_path(str(self.directory), step)) for step in steps}
+    _sync_processes("checkpoint_set_aside_names")
     if jax.process_index() == 0:
-      layout.move_aside(str(self.directory), step)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+      for step in steps:
+        layout.move_aside(str(self.directory), step, os.path.join(str(self.directory), moved_to[step]))
+    _sync_processes("checkpoint_set_aside_done")
     self.manager.reload()
+    return moved_to
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -251,9 +262,26 @@ def _quiet_orbax_coroutine_reports(unraisable: Any) -> None:
   _previous_unraisablehook(unraisable)
 
 
-def _describe_failures(failures: List[Tuple[int, str]], moved: bool) -> str:
+def _describe_failures(failures: List[Tuple[int, str]], moved_to: Optional[Dict[int, str]] = None) -> str:
   parts = []
   for step, reason in failures:
-    name = layout.step_dir_name(step)
-    parts.append(f"{name}: {reason}; moved aside to {name}{layout.CORRUPT_SUFFIX}" if moved else f"{name}: {reason}")
+    where = f"; moved aside to {moved_to[step]}" if moved_to else ""
+    parts.append(f"{layout.step_dir_name(step)}: {reason}{where}")
   return "; ".join(parts)
+
+
+def _processes_where(flag: bool) -> List[int]:
+  """The indices of the processes whose `flag` is true (every process calls this at the same point)."""
+  if jax.process_count() == 1:
+    return [0] if flag else []
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  flags = np.asarray(multihost_utils.process_allgather(np.asarray(flag, np.int32))).reshape(-1)
+  return [int(i) for i in np.flatnonzero(flags)]
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(name)
