@@ -27,8 +27,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _OLDER_USER_ERRORS = (
   ("gpt_plugin.params_io", "ParamsMismatchError"),  # also ShapeMismatchError, ConversionError, InitParams...
   ("gpt_plugin.torch_archive", "TorchFileError"),
-  ("gpt_plugin.data.shards", "DataError"),
-  ("gpt_plugin.training.train_lib", "NonFiniteLossError"),
 )
 
 
