@@ -27,9 +27,10 @@ INSTALL_REQUIRES = [
 
 # Everything the test suite needs to run on a CPU with no skips but the t5x-from-source and GPU-only tests:
 # torch (CPU, the PyTorch reference of Little-GPT and real torch.save shards), transformers (HF GPT-2 checks),
-# bitsandbytes (its CPU dequantizer is the reference for 8-bit checkpoints) and apache-beam (seqio's cache job). apache-beam 2.77 pins protobuf < 7 (tensorflow 2.21 works with protobuf 6),
-# which is why sentencepiece stays at 0.2.0.
-CACHE_REQUIRES = ["apache-beam==2.77.0", "google-crc32c", "sentencepiece==0.2.0"]
+# bitsandbytes (its CPU dequantizer is the reference for 8-bit checkpoints) and apache-beam (seqio's cache job).
+# apache-beam 2.77 pins protobuf < 7 (tensorflow 2.21 works with protobuf 6), which is why INSTALL_REQUIRES keeps
+# sentencepiece at 0.2.0.
+CACHE_REQUIRES = ["apache-beam==2.77.0", "google-crc32c"]
 TORCH_REQUIRES = ["torch==2.13.0", "transformers>=5.24", "bitsandbytes==0.50.2"]
 EXTRAS_REQUIRE = {
   "test": ["pytest>=8", "pytest-xdist"] + TORCH_REQUIRES + CACHE_REQUIRES,

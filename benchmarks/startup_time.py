@@ -19,13 +19,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNNERS = (
-  "gpt_plugin.train",
-  "gpt_plugin.eval",
-  "gpt_plugin.infer",
-  "gpt_plugin.convert",
-  "gpt_plugin.data.build_corpus",
-)
+sys.path.insert(0, ROOT)
+from gpt_plugin.cli import RUNNER_MODULES  # noqa: E402  (imports nothing heavy)
+
 HEAVY = ("jax", "flax", "tensorflow", "seqio", "torch")
 
 
@@ -71,7 +67,7 @@ def main() -> None:
   if args.baseline_root:
     header += f"   {'baseline':>8} {'rc':>3} {'speed-up':>8}"
   print(header)
-  for runner in RUNNERS:
+  for runner in RUNNER_MODULES:
     cmd = [sys.executable, "-m", runner, "--help"]
     ours, base, rcs, base_rcs = [], [], set(), set()
     for _ in range(args.reps):  # interleaved with the baseline, so both see the same machine load

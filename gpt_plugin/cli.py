@@ -27,8 +27,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _OLDER_USER_ERRORS = (
   ("gpt_plugin.params_io", "ParamsMismatchError"),  # also ShapeMismatchError, ConversionError, InitParams...
   ("gpt_plugin.torch_archive", "TorchFileError"),
-  ("gpt_plugin.data.shards", "DataError"),
-  ("gpt_plugin.training.train_lib", "NonFiniteLossError"),
 )
 
 
@@ -227,8 +225,15 @@ def run_absl(main: Callable[[List[str]], None], doc: str, run_gin: Optional[str]
   app.run(wrapped, flags_parser=_absl_flags_parser)
 
 
-# Console-script entry points (setup.py): `gpt-plugin-train`, `-eval`, `-infer`, `-convert`, `-build-corpus`, the
-# same runners as `python -m gpt_plugin.train|eval|infer|convert` and `python -m gpt_plugin.data.build_corpus`.
+# The runners, as `python -m` modules; their console-script entry points (setup.py) follow: `gpt-plugin-train`,
+# `-eval`, `-infer`, `-convert`, `-build-corpus`.
+RUNNER_MODULES = (
+  "gpt_plugin.train",
+  "gpt_plugin.eval",
+  "gpt_plugin.infer",
+  "gpt_plugin.convert",
+  "gpt_plugin.data.build_corpus",
+)
 _GIN_RUNNERS = {"train": "runs/pretrain.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin"}
 
 

@@ -68,7 +68,6 @@ def bound(selector: str) -> Bound:
   kind, name = _reference(v)
   if kind == "gin.macro":
     label = name
-    v = gin.query_parameter(f"%{name}")
   return Bound(_value_of(v, label), label)
 
 

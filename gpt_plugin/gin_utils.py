@@ -52,7 +52,6 @@ def find_gin_dir(package_dir: str = _PACKAGE_DIR) -> str:
 
 
 GIN_DIR = find_gin_dir()
-REPO_GIN_DIR = GIN_DIR  # the older name, kept for callers (tests, benchmarks)
 GIN_FOLDERS = ("models", "runs", "meshes", "partitioning", "features", "t5x")
 
 
@@ -257,10 +256,14 @@ def parse_gin(
 
 
 def parse_from_flags(finalize: bool = True) -> None:
-  """Parses `--gin_file/--gin_bindings/--gin_search_paths`, then keeps TensorFlow (seqio's input pipelines,
-  imported by the task modules the gin files name) off the accelerators."""
+  """Parses `--gin_file/--gin_bindings/--gin_search_paths` without TensorFlow's native start-up lines (seqio
+  tasks, imported by the gin files, import it), then keeps TensorFlow (seqio's input pipelines) off the
+  accelerators."""
+  from gpt_plugin import cli  # pylint: disable=g-import-not-at-top
+
   F = flags.FLAGS
-  parse_gin(F.gin_file or [], F.gin_bindings, F.gin_search_paths, finalize=finalize)
+  with cli.quiet_native_logs():
+    parse_gin(F.gin_file or [], F.gin_bindings, F.gin_search_paths, finalize=finalize)
   tf = sys.modules.get("tensorflow")
   if tf is not None:
     try:

@@ -30,8 +30,7 @@ flags.DEFINE_integer("seed", 0, "Interactive mode: sampling seed.")
 def main(argv):
   del argv  # checked by cli.run_absl
   F = flags.FLAGS
-  with cli.quiet_native_logs():  # TensorFlow's start-up lines (seqio tasks are imported by the gin files)
-    gin_utils.parse_from_flags()
+  gin_utils.parse_from_flags()
   import gin  # pylint: disable=g-import-not-at-top
   from gpt_plugin import config_checks  # pylint: disable=g-import-not-at-top
   from gpt_plugin.inference import infer_lib  # pylint: disable=g-import-not-at-top

@@ -16,8 +16,7 @@ gin_utils.define_flags()
 def main(argv):
   del argv  # checked by cli.run_absl
   gin_utils.maybe_initialize_distributed_from_flags()
-  with cli.quiet_native_logs():  # TensorFlow's start-up lines (seqio tasks are imported by the gin files)
-    gin_utils.parse_from_flags()
+  gin_utils.parse_from_flags()
   gin_utils.maybe_initialize_distributed_from_gin()
   from gpt_plugin import config_checks  # pylint: disable=g-import-not-at-top
   from gpt_plugin.training import train_lib  # pylint: disable=g-import-not-at-top

@@ -18,6 +18,28 @@ LENGTH = 128
 EXAMPLES = 16  # the first two validation rows, 1024 tokens each: 8 windows of 128 per row
 
 
+def assert_eval_runner_agrees(metrics, model, checkpoint_path, length, tokens, output_dir, params=None):
+  """`metrics` (pydocs score metrics: num_tokens, num_bytes, loss, perplexity, bits_per_byte) equal gpt_plugin.eval's
+  at context `length`, non-overlapping, on the first `tokens` tokens of the validation split."""
+  res = eval_lib.evaluate(
+    model=model,
+    checkpoint_path=str(checkpoint_path),
+    params=params,
+    train_length=length,
+    output_dir=str(output_dir),
+    mixture_or_task_name="pydocs",
+    context_lengths=[length],
+    modes=["nonoverlapping"],
+    max_eval_tokens=tokens,
+    spread_over_split=False,  # the first examples, as seqio's Evaluator (and t5x.eval) with num_examples
+    console=False,
+  )
+  (rec,) = res["results"]
+  assert rec["tokens"] == metrics["num_tokens"] and res["num_bytes"] == metrics["num_bytes"]
+  for key in ("loss", "perplexity", "bits_per_byte"):
+    np.testing.assert_allclose(metrics[key], rec[key], rtol=1e-5, err_msg=key)
+
+
 def test_pydocs_score_metrics_equal_the_eval_runner(tmp_path):
   module = GPTDecoder(GPTConfig(vocab_size=sample_task.PYDOCS_VOCAB_SIZE, emb_dim=32, num_heads=4, num_layers=2))
   model = models.DecoderOnlyLM(module, vocabulary=sample_task.pydocs_vocabulary())
@@ -45,22 +67,6 @@ def test_pydocs_score_metrics_equal_the_eval_runner(tmp_path):
   assert got["num_tokens"] == EXAMPLES * LENGTH
   assert math.isclose(got["perplexity"], math.exp(got["loss"]), rel_tol=1e-12)
 
-  ref = eval_lib.evaluate(
-    model=model,
-    checkpoint_path=str(tmp_path),
-    params=params,
-    train_length=LENGTH,
-    output_dir=str(tmp_path / "eval"),
-    mixture_or_task_name="pydocs",
-    context_lengths=[LENGTH],
-    modes=["nonoverlapping"],
-    max_eval_tokens=EXAMPLES * LENGTH,
-    spread_over_split=False,  # the first examples, as seqio's Evaluator (and t5x.eval) with num_examples
-    console=False,
-  )
-  (rec,) = ref["results"]
-  assert rec["tokens"] == got["num_tokens"] and ref["num_bytes"] == got["num_bytes"]
-  for key in ("loss", "perplexity", "bits_per_byte"):
-    np.testing.assert_allclose(got[key], rec[key], rtol=1e-5, err_msg=key)
+  assert_eval_runner_agrees(got, model, tmp_path, LENGTH, EXAMPLES * LENGTH, tmp_path / "eval", params=params)
   # An untrained model is close to uniform over the vocabulary: loss ~ ln(8192).
   assert abs(got["loss"] - math.log(sample_task.PYDOCS_VOCAB_SIZE)) < 1.0

@@ -12,7 +12,7 @@ from gpt_plugin import partitioning
 from gpt_plugin import gin_utils
 from gpt_plugin.training import optimizer
 
-GIN_DIR = gin_utils.REPO_GIN_DIR
+GIN_DIR = gin_utils.GIN_DIR
 
 
 def _rules(name):

@@ -10,15 +10,10 @@ import sys
 
 import pytest
 
+from gpt_plugin.cli import RUNNER_MODULES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-RUNNERS = (
-  "gpt_plugin.train",
-  "gpt_plugin.eval",
-  "gpt_plugin.infer",
-  "gpt_plugin.convert",
-  "gpt_plugin.data.build_corpus",
-)
 
 
 def _env(devices=1, **extra):
@@ -139,7 +134,7 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", RUNNER_MODULES)
 def test_help_exits_0_lists_the_gin_flags_and_imports_nothing_heavy(runner):
   r = subprocess.run(
     [sys.executable, "-c", _HELP, runner], cwd=HERE, env=_env(), capture_output=True, text=True, timeout=120

@@ -28,6 +28,8 @@ try:
 except Exception as e:  # pylint: disable=broad-except
   pytest.skip(f"t5x is present but does not import: {e}", allow_module_level=True)
 
+from test_eval_metrics import assert_eval_runner_agrees  # noqa: E402
+
 from gpt_plugin import decoding, generate, models, params_io  # noqa: E402
 from gpt_plugin.data import sample_task  # noqa: E402
 from gpt_plugin.inference import eval_lib  # noqa: E402
@@ -169,22 +171,7 @@ def _check_t5x_eval_matches_ours(checkpoint, ours, tiny_arch, tmp_path):
   lines = (out_dir / "inference_eval" / "pydocs-metrics.jsonl").read_text().splitlines()
   t5x_metrics = json.loads(lines[-1])
   assert t5x_metrics["num_tokens"] == windows * length
-  res = eval_lib.evaluate(
-    model=ours,
-    checkpoint_path=str(checkpoint),
-    train_length=length,
-    output_dir=str(tmp_path / "our_eval"),
-    mixture_or_task_name="pydocs",
-    context_lengths=[length],
-    modes=["nonoverlapping"],
-    max_eval_tokens=windows * length,
-    spread_over_split=False,  # the first examples, as t5x.eval with num_examples
-    console=False,
-  )
-  (rec,) = res["results"]
-  assert rec["tokens"] == t5x_metrics["num_tokens"] and res["num_bytes"] == t5x_metrics["num_bytes"]
-  for key in ("loss", "perplexity", "bits_per_byte"):
-    np.testing.assert_allclose(t5x_metrics[key], rec[key], rtol=1e-5, err_msg=key)
+  assert_eval_runner_agrees(t5x_metrics, ours, checkpoint, length, windows * length, tmp_path / "our_eval")
 
 
 def test_t5x_train_infer_eval_and_checkpoints_both_ways(tmp_path):

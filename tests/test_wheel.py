@@ -64,7 +64,7 @@ def test_wheel_installs_and_runs_the_quickstart_from_an_empty_folder(tmp_path):
       py,
       "-c",
       "import gpt_plugin, tasks; from gpt_plugin import gin_utils; "
-      "print(gpt_plugin.__file__); print(tasks.__file__); print(gin_utils.REPO_GIN_DIR)",
+      "print(gpt_plugin.__file__); print(tasks.__file__); print(gin_utils.GIN_DIR)",
     ],
     work,
   ).stdout.split()
