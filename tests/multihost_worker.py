@@ -38,7 +38,7 @@ def main():
   register_shard_task(task, shards, validation or None)
   res = run_train(
     model_dir,
-    steps=5,
+    steps=int(os.environ.get("WORKER_STEPS", "5")),
     mesh_shape=(2, 4, 1),
     num_devices=jax.device_count(),
     param_rules=[("embed", "fsdp"), ("mlp", "fsdp")],
@@ -52,6 +52,7 @@ def main():
       {
         "losses": losses(res).tolist(),
         "evals": res["evals"],
+        "steps": [h["step"] for h in res["history"]],
         "process_index": jax.process_index(),
         "local_devices": jax.local_device_count(),
       },

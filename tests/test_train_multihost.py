@@ -2,6 +2,7 @@
 real tiny model, each process reading its own tar shards through `gpt_plugin.data.pipeline.get_dataset`."""
 
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -29,31 +30,17 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
-  shards = write_token_shards(tmp_path / "shards", num_shards=4)
-  # Three validation shards: process 0 reads two, process 1 one, so their counts of full batches differ and the
-  # in-training eval must agree on how many it scores (else one process waits for the other in a collective).
-  validation = write_token_shards(tmp_path / "val", num_shards=3, seed=1, prefix="validation")
-  model_dir = tmp_path / "mh"
+def _run_workers(tmp_path, model_dir, shard_args, out_prefix, steps=5):
+  """Runs the 2 worker processes to `steps` on `model_dir`; each writes tmp_path/<out_prefix><i>.json."""
   port = _free_port()
-  env = dict(os.environ)
+  env = dict(os.environ, WORKER_STEPS=str(steps))
   env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE), env.get("PYTHONPATH", "")])
   env.pop("XLA_FLAGS", None)
+  worker = os.path.join(HERE, "multihost_worker.py")
   procs = [
     subprocess.Popen(
-      [
-        sys.executable,
-        os.path.join(HERE, "multihost_worker.py"),
-        str(i),
-        "2",
-        str(port),
-        str(model_dir),
-        str(tmp_path / f"out{i}.json"),
-        TASK,
-        *shards,
-        "--validation",
-        *validation,
-      ],
+      [sys.executable, worker, str(i), "2", str(port), str(model_dir), str(tmp_path / f"{out_prefix}{i}.json")]
+      + [TASK, *shard_args],
       env=env,
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
@@ -71,7 +58,19 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
       raise
     outs.append(out)
     assert p.returncode == 0, out[-4000:]
+  return outs
+
+
+def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
+  shards = write_token_shards(tmp_path / "shards", num_shards=4)
+  # Three validation shards: process 0 reads two, process 1 one, so their counts of full batches differ and the
+  # in-training eval must agree on how many it scores (else one process waits for the other in a collective).
+  validation = write_token_shards(tmp_path / "val", num_shards=3, seed=1, prefix="validation")
+  model_dir = tmp_path / "mh"
+  _run_workers(tmp_path, model_dir, shards + ["--validation", *validation], "out")
   results = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
+  broken = tmp_path / "mh_broken"
+  shutil.copytree(model_dir, broken)  # for the fallback test below, before anything else writes to model_dir
   assert [r["process_index"] for r in results] == [0, 1]
   assert all(r["local_devices"] == 4 for r in results)
 
@@ -97,3 +96,14 @@ def test_two_processes_match_single_process_and_share_one_checkpoint(tmp_path):
   assert [h["step"] for h in cont["history"]] == [6, 7]
   np.testing.assert_allclose(losses(cont), losses(ref)[5:], rtol=1e-5, atol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), host_params(cont), host_params(ref))
+
+  # Process 1's data position in checkpoint_5 is garbled: process 0 restores checkpoint_5 fine, process 1 cannot.
+  # Both must fall back to checkpoint_3 together (not hang in a collective, not continue from different steps).
+  (broken / "checkpoint_5" / "data" / "process_1.json").write_text('{"step": 1')
+  outs = _run_workers(tmp_path, broken, shards, "resumed", steps=7)
+  resumed = [json.load(open(tmp_path / f"resumed{i}.json")) for i in range(2)]
+  assert [r["steps"] for r in resumed] == [[4, 5, 6, 7]] * 2
+  for r in resumed:  # from checkpoint_3's params and both data positions: the uninterrupted run's steps 4..7
+    np.testing.assert_allclose(r["losses"], losses(ref)[3:7], rtol=1e-5, atol=1e-6)
+  assert os.path.isdir(broken / "checkpoint_5.corrupt") and os.path.isdir(broken / "checkpoint_7")
+  assert any("did not restore in process(es) 1" in out for out in outs), outs[0][-3000:]

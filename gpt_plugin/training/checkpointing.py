@@ -44,7 +44,9 @@ class ProcessJsonHandler(ocp.JsonCheckpointHandler):
   """Like JsonCheckpointHandler but every process writes (and reads back) its own file.
 
   The data-iterator position differs per process (each reads its own shards), so it can't be a single file.
-  A file that is not valid JSON raises (the checkpoint then counts as broken and an older one is restored).
+  A file that is not valid JSON makes `Checkpointer.restore` raise (the checkpoint then counts as broken and an
+  older one is restored). The handler itself returns the error instead of raising it, so that a process with a
+  garbled file still takes part in orbax's end-of-restore barrier with the others.
   """
 
   def __init__(self):
@@ -60,7 +62,17 @@ class ProcessJsonHandler(ocp.JsonCheckpointHandler):
     if not path.exists():
       logging.warning("No data-iterator state for process %d in %s", jax.process_index(), directory)
       return None
-    return json.loads(path.read_text())
+    try:
+      return json.loads(path.read_text())
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+      return _UnreadableDataState(f"{path}: {type(e).__name__}: {e}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnreadableDataState:
+  """What `ProcessJsonHandler.restore` returns for a data-position file it cannot parse."""
+
+  error: str
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
@@ -152,6 +164,8 @@ class Checkpointer:
       ),
     )
     data = restored.get(layout.DATA_ITEM) if hasattr(restored, "get") else restored.data
+    if isinstance(data, _UnreadableDataState):
+      raise ValueError(f"data-position file {data.error}")
     return restored[layout.STATE_ITEM], (data or None)
 
   def restore_newest_good(
