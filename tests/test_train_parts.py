@@ -201,7 +201,13 @@ def test_evaluator_rereads_when_the_batches_do_not_fit_in_memory_and_scans_a_bou
   assert ev.run(None, 2) == first and len(reads) == 3
 
 
-def test_evaluator_scores_every_batch_of_a_short_split_and_nothing_of_an_empty_one():
+def test_evaluator_scores_every_batch_of_a_short_split_and_says_when_it_scores_nothing(caplog):
   ev = _evaluator(2, 10, [])
   assert ev.run(None, 1)["num_tokens"] == 2 and ev.chosen == [0, 1]
-  assert _evaluator(0, 10, []).run(None, 1) is None
+  with caplog.at_level("WARNING"):
+    assert _evaluator(0, 10, []).run(None, 1) is None
+  said = [r.getMessage() for r in caplog.records if "scores nothing" in r.getMessage()]
+  assert said == [
+    "in-training eval scores nothing: the validation split has no full batch of 4 rows (the global batch size); "
+    "lower BATCH_SIZE or give the split more text"
+  ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -95,6 +96,12 @@ class Evaluator:
 
       count = int(np.min(multihost_utils.process_allgather(np.asarray(count, np.int64))))
     self.split_batches = count
+    if count == 0:
+      logging.warning(
+        "in-training eval scores nothing: the validation split has no full batch of %d rows (the global batch "
+        "size); lower BATCH_SIZE or give the split more text",
+        self.global_batch_size,
+      )
     take = min(self.eval_steps, count)
     self.chosen = [] if take == 0 else [int(i) for i in np.unique(np.linspace(0, count - 1, take).round())]
 
